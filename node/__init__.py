@@ -1,0 +1,3 @@
+"""Kaisar node: providers, checkers, light client and explorer of a decentralized GPU network."""
+
+__version__ = "0.1.0"
