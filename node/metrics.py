@@ -1,0 +1,36 @@
+"""Prometheus metrics shared by every role (one registry per process).
+
+Counters are labelled by node address so several nodes in one process (devnet,
+tests) do not mix. ``serve(port)`` exposes them over HTTP.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+GOSSIP_IN = Counter(
+    "kaisar_gossip_in_total", "Gossip messages accepted", ["node", "topic"], registry=REGISTRY
+)
+GOSSIP_OUT = Counter(
+    "kaisar_gossip_out_total", "Gossip messages published", ["node", "topic"], registry=REGISTRY
+)
+GOSSIP_REJECTED = Counter(
+    "kaisar_gossip_rejected_total",
+    "Gossip messages rejected by validation",
+    ["node", "topic", "reason"],
+    registry=REGISTRY,
+)
+STREAM_ERRORS = Counter(
+    "kaisar_stream_errors_total",
+    "Stream protocol requests that failed",
+    ["node", "protocol", "reason"],
+    registry=REGISTRY,
+)
+PEERS = Gauge("kaisar_peers", "Connected peers", ["node"], registry=REGISTRY)
+
+
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    """Start the metrics HTTP endpoint (a daemon thread owned by prometheus_client)."""
+    start_http_server(port, addr=host, registry=REGISTRY)

@@ -1,0 +1,87 @@
+"""Every py-libp2p 0.8.1 workaround, in one place, each naming the upstream behaviour.
+
+Call ``apply()`` once before creating hosts (``node.p2p.host`` does). Each workaround is
+covered by a test in tests/test_p2p_adapter.py that fails without it.
+
+1. Dial delay. ``libp2p.network.swarm._HAPPY_EYEBALLS_DELAY`` gives the primary
+   transport a fixed 250 ms head start on every dial, even with a single address;
+   with TCP only that is pure latency. Set to 0 (~7 ms dials on loopback).
+2. Subscription channel. ``libp2p.pubsub.pubsub.SUBSCRIPTION_CHANNEL_SIZE`` is 32 and
+   ``notify_subscriptions`` drops messages silently (``send_nowait`` + WouldBlock)
+   when a subscriber falls behind a burst. Raised to SUBSCRIPTION_CHANNEL_SIZE.
+3. Outbound RPC queue. ``RpcQueue()`` per peer holds 32 RPCs and rejects pushes when
+   full, silently for published messages. Raised to OUTBOUND_QUEUE_SIZE by giving the
+   pubsub module a subclass with a larger default.
+4. GossipSub defaults (not a patch: constructor arguments, see ``gossipsub_params``):
+   heartbeat 120 s and no degree defaults; spam protection that rate-limits every
+   peer (even local publishes) at 10 msg/s/topic and drops silently. We set degree,
+   heartbeat and a per-peer rate high enough for the protocol's own traffic; our own
+   validators (wire.decode) reject bad messages and count them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import libp2p.network.swarm as _swarm
+import libp2p.pubsub.pubsub as _pubsub
+from libp2p.pubsub.rpc_queue import RpcQueue as _RpcQueue
+
+DIAL_DELAY = 0.0
+SUBSCRIPTION_CHANNEL_SIZE = 4096
+OUTBOUND_QUEUE_SIZE = 4096
+GOSSIP_MAX_MSGS_PER_PEER_TOPIC_SECOND = 2000.0
+
+_applied = False
+
+
+class LargeRpcQueue(_RpcQueue):
+    """RpcQueue with room for bursts (upstream default 32 drops silently)."""
+
+    def __init__(self, max_size: int = OUTBOUND_QUEUE_SIZE, **kwargs) -> None:
+        super().__init__(max_size=max_size, **kwargs)
+
+
+def apply() -> None:
+    """Install the module-level workarounds (idempotent)."""
+    global _applied
+    _swarm._HAPPY_EYEBALLS_DELAY = DIAL_DELAY
+    _pubsub.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_CHANNEL_SIZE
+    _pubsub.RpcQueue = LargeRpcQueue  # type: ignore[misc]
+    _applied = True
+
+
+def is_applied() -> bool:
+    return (
+        _swarm._HAPPY_EYEBALLS_DELAY == DIAL_DELAY
+        and _pubsub.SUBSCRIPTION_CHANNEL_SIZE == SUBSCRIPTION_CHANNEL_SIZE
+        and _pubsub.RpcQueue is LargeRpcQueue
+    )
+
+
+def revert_for_tests() -> None:
+    """Restore upstream behaviour (tests use it to show each workaround matters)."""
+    _swarm._HAPPY_EYEBALLS_DELAY = 0.250
+    _pubsub.SUBSCRIPTION_CHANNEL_SIZE = 32
+    _pubsub.RpcQueue = _RpcQueue  # type: ignore[misc]
+
+
+@dataclass(frozen=True)
+class GossipParams:
+    degree: int = 6
+    degree_low: int = 4
+    degree_high: int = 12
+    heartbeat_interval: float = 1.0
+
+
+def gossipsub_kwargs(params: GossipParams) -> dict:
+    """Explicit GossipSub constructor arguments (upstream: heartbeat 120 s, 10 msg/s spam cap)."""
+    return {
+        "degree": params.degree,
+        "degree_low": params.degree_low,
+        "degree_high": params.degree_high,
+        "heartbeat_interval": params.heartbeat_interval,
+        "heartbeat_initial_delay": 0.1,
+        "time_to_live": 30,
+        "max_messages_per_topic_per_second": GOSSIP_MAX_MSGS_PER_PEER_TOPIC_SECOND,
+    }

@@ -1,0 +1,374 @@
+"""The Kaisar libp2p host: TCP + Noise + Yamux, identify, ping, Kad-DHT, gossip, streams.
+
+``open_host(...)`` is an async context manager: inside it the host listens (verified:
+py-libp2p's ``host.run()`` does not raise when listening fails), gossip and the DHT
+run, and bootstrap peers are dialled. Leaving it closes everything.
+
+Gossip: ``subscribe(topic, handler)`` registers a validator that runs the full wire
+checks (``wire.decode``) *and* requires the envelope signer to be the key of the
+publishing peer, so a message cannot be re-published under someone else's peer ID.
+Rejected messages are counted by reason and never reach a handler; a handler that
+raises is logged and counted, never kills the host.
+
+Streams: ``set_handler(protocol, handler)`` runs ``handler(framed, peer_id)`` and
+always closes the stream; ``request(...)`` is the one-frame-in, one-frame-out helper.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.custom_types import TProtocol
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.tools.anyio_service import background_trio_service
+
+from node import metrics, wire
+from node.eip712 import Domain
+from node.identity import Identity, peer_id_to_address
+from node.p2p import adapter
+from node.p2p.frames import DEFAULT_MAX_FRAME, FramedStream, FrameError
+
+log = logging.getLogger("kaisar.p2p")
+
+GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
+DIAL_TIMEOUT = 10.0
+STREAM_OPEN_TIMEOUT = 10.0
+
+# Gossip topics and the message types each may carry. Later issues add types here.
+TOPIC_TYPES: dict[str, set[str]] = {
+    "ads/1": set(),
+    "attest/1": set(),
+    "assign/1": set(),
+    "status/1": {"Heartbeat"},
+}
+
+GossipHandler = Callable[[wire.Envelope, ID], Awaitable[None]]
+StreamHandler = Callable[[FramedStream, ID], Awaitable[None]]
+
+
+class P2PError(Exception):
+    """Listening, dialling or a stream request failed."""
+
+
+def topic_name(network: str, suffix: str) -> str:
+    return f"/kaisar/{network}/{suffix}"
+
+
+@dataclass
+class HostOptions:
+    listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",)
+    bootstrap: Sequence[str] = ()
+    gossip: adapter.GossipParams = field(default_factory=adapter.GossipParams)
+    dht: bool = True
+    max_message_size: int = 64 * 1024
+
+
+class KaisarHost:
+    """A running host; create it with ``open_host``."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        network: str,
+        domain: Domain,
+        options: HostOptions,
+        roles: wire.RoleRegistry | None = None,
+    ) -> None:
+        adapter.apply()
+        self.identity = identity
+        self.network = network
+        self.domain = domain
+        self.options = options
+        self.roles = roles
+        self.replay = wire.ReplayGuard()
+        self._label = identity.address[:10]
+        noise_key = create_x25519_key_pair()
+        self.host = new_host(
+            key_pair=identity.keypair,
+            sec_opt={
+                NOISE_PROTOCOL_ID: NoiseTransport(
+                    identity.keypair, noise_privkey=noise_key.private_key
+                )
+            },
+            muxer_preference="YAMUX",
+            listen_addrs=[multiaddr.Multiaddr(a) for a in options.listen],
+        )
+        self.gossipsub = GossipSub(
+            protocols=GOSSIPSUB_PROTOCOLS, **adapter.gossipsub_kwargs(options.gossip)
+        )
+        self.pubsub = Pubsub(self.host, self.gossipsub, max_inbound_rpc_size=1 << 20)
+        self.dht: KadDHT | None = None
+        self._nursery: trio.Nursery | None = None
+        self._decoded: dict[bytes, wire.Envelope] = {}
+        self._from_cache: dict[bytes, str] = {}
+        self._seq = wire.now_ms()  # strictly increasing across restarts
+
+    # identity ---------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> ID:
+        return self.host.get_id()
+
+    @property
+    def address(self) -> str:
+        return self.identity.address
+
+    def addrs(self) -> list[str]:
+        """Full dialable multiaddrs (with /p2p/<id>)."""
+        return [str(a) for a in self.host.get_addrs()]
+
+    def next_seq(self) -> int:
+        self._seq = max(self._seq + 1, wire.now_ms())
+        return self._seq
+
+    # lifecycle ----------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _running(self) -> AsyncIterator[KaisarHost]:
+        listen = [multiaddr.Multiaddr(a) for a in self.options.listen]
+        async with self.host.run(listen_addrs=listen):
+            if not self.host.get_addrs():
+                raise P2PError(f"not listening on {', '.join(self.options.listen)}")
+            async with (
+                background_trio_service(self.pubsub),
+                background_trio_service(self.gossipsub),
+            ):
+                await self.pubsub.wait_until_ready()
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    if self.options.dht:
+                        self.dht = KadDHT(self.host, DHTMode.SERVER)
+                        nursery.start_soon(self._run_dht)
+                    for addr in self.options.bootstrap:
+                        nursery.start_soon(self._dial_bootstrap, addr)
+                    try:
+                        yield self
+                    finally:
+                        nursery.cancel_scope.cancel()
+
+    async def _run_dht(self) -> None:
+        assert self.dht is not None
+        try:
+            async with background_trio_service(self.dht):
+                await trio.sleep_forever()
+        except Exception:  # the DHT is an optimisation for routing; never fatal
+            log.exception("event=dht_stopped")
+
+    async def _dial_bootstrap(self, addr: str) -> None:
+        for attempt in range(5):
+            try:
+                await self.connect(addr)
+                log.info("event=bootstrap_connected addr=%s", addr)
+                return
+            except P2PError as exc:
+                log.warning("event=bootstrap_failed addr=%s attempt=%d err=%s", addr, attempt, exc)
+                await trio.sleep(min(2**attempt * 0.2, 5))
+
+    # connections -----------------------------------------------------------------
+
+    async def connect(self, addr: str | PeerInfo) -> ID:
+        try:
+            info = addr if isinstance(addr, PeerInfo) else info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        except Exception as exc:
+            raise P2PError(f"bad peer address {addr!r}: {exc}") from None
+        with trio.move_on_after(DIAL_TIMEOUT) as scope:
+            try:
+                await self.host.connect(info)
+            except Exception as exc:
+                raise P2PError(f"cannot connect to {info.peer_id}: {exc}") from None
+        if scope.cancelled_caught:
+            raise P2PError(f"timed out connecting to {info.peer_id}")
+        return info.peer_id
+
+    async def find_peer(self, peer_id: ID) -> PeerInfo | None:
+        """Addresses of a peer: the peerstore first, then a Kad-DHT lookup."""
+        addrs = self.host.get_peerstore().addrs(peer_id) if self._known(peer_id) else []
+        if addrs:
+            return PeerInfo(peer_id, addrs)
+        if self.dht is None:
+            return None
+        with trio.move_on_after(DIAL_TIMEOUT):
+            return await self.dht.find_peer(peer_id)
+        return None
+
+    def _known(self, peer_id: ID) -> bool:
+        try:
+            return bool(self.host.get_peerstore().addrs(peer_id))
+        except Exception:
+            return False
+
+    def connected_peers(self) -> list[ID]:
+        return list(self.host.get_connected_peers())
+
+    async def ensure_connected(self, peer_id: ID) -> None:
+        if peer_id in self.host.get_connected_peers():
+            return
+        info = await self.find_peer(peer_id)
+        if info is None:
+            raise P2PError(f"no address known for {peer_id}")
+        await self.connect(info)
+
+    # gossip --------------------------------------------------------------------------
+
+    def topic(self, suffix: str) -> str:
+        return topic_name(self.network, suffix)
+
+    async def subscribe(self, suffix: str, handler: GossipHandler) -> None:
+        """Validate every message on a topic with the wire rules, then call ``handler``."""
+        assert self._nursery is not None, "host not running"
+        topic = self.topic(suffix)
+        allowed = frozenset(TOPIC_TYPES[suffix])
+        self.pubsub.set_topic_validator(topic, self._validator(topic, allowed), False)
+        sub = await self.pubsub.subscribe(topic)
+        self._nursery.start_soon(self._dispatch, topic, sub, handler, allowed)
+
+    def _validator(self, topic: str, allowed: frozenset[str]) -> Callable[[ID, Any], bool]:
+        def validate(forwarder: ID, msg: Any) -> bool:
+            try:
+                env = self._decode(msg, allowed)
+            except wire.WireError as exc:
+                metrics.GOSSIP_REJECTED.labels(self._label, topic, exc.reason).inc()
+                log.debug("event=gossip_rejected topic=%s reason=%s", topic, exc)
+                return False
+            self._decoded[_msg_key(msg)] = env
+            if len(self._decoded) > 10_000:  # delivered entries are popped; bound leftovers
+                self._decoded.pop(next(iter(self._decoded)))
+            return True
+
+        return validate
+
+    def _decode(self, msg: Any, allowed: frozenset[str]) -> wire.Envelope:
+        env = wire.decode(
+            msg.data,
+            domain=self.domain,
+            network=self.network,
+            replay=self.replay,
+            roles=self.roles,
+            allowed_types=allowed,
+        )
+        if env.signer != self._from_address(msg.from_id):
+            raise wire.WireError("publisher", "signer is not the publishing peer")
+        return env
+
+    def _from_address(self, from_id: bytes) -> str | None:
+        addr = self._from_cache.get(from_id)
+        if addr is None:
+            try:
+                addr = peer_id_to_address(ID(from_id))
+            except Exception:
+                return None
+            if len(self._from_cache) > 10_000:
+                self._from_cache.clear()
+            self._from_cache[from_id] = addr
+        return addr
+
+    async def _dispatch(self, topic: str, sub: Any, handler: GossipHandler, allowed) -> None:
+        while True:
+            msg = await sub.get()
+            env = self._decoded.pop(_msg_key(msg), None)
+            if env is None:  # validated earlier by another path; should not happen
+                continue
+            metrics.GOSSIP_IN.labels(self._label, topic).inc()
+            try:
+                await handler(env, ID(msg.from_id))
+            except Exception:
+                log.exception("event=gossip_handler_failed topic=%s type=%s", topic, env.type)
+
+    async def publish(self, suffix: str, env: wire.Envelope) -> None:
+        topic = self.topic(suffix)
+        await self.pubsub.publish(topic, env.to_bytes())
+        metrics.GOSSIP_OUT.labels(self._label, topic).inc()
+
+    def sign(self, type_name: str, fields: dict[str, Any], *, ttl_ms: int | None = None) -> wire.Envelope:
+        return wire.sign(
+            self.identity,
+            self.domain,
+            type_name,
+            fields,
+            network=self.network,
+            seq=self.next_seq(),
+            ttl_ms=ttl_ms,
+        )
+
+    # streams ------------------------------------------------------------------------
+
+    def set_handler(self, protocol: str, handler: StreamHandler) -> None:
+        async def on_stream(stream: Any) -> None:
+            peer = stream.muxed_conn.peer_id
+            framed = FramedStream(stream)
+            try:
+                await handler(framed, peer)
+            except FrameError as exc:
+                metrics.STREAM_ERRORS.labels(self._label, protocol, "frame").inc()
+                log.info("event=stream_failed protocol=%s peer=%s err=%s", protocol, peer, exc)
+            except Exception:
+                metrics.STREAM_ERRORS.labels(self._label, protocol, "handler").inc()
+                log.exception("event=stream_handler_failed protocol=%s peer=%s", protocol, peer)
+            finally:
+                await framed.close()
+
+        self.host.set_stream_handler(TProtocol(protocol), on_stream)
+
+    @asynccontextmanager
+    async def open_stream(self, peer_id: ID, protocol: str) -> AsyncIterator[FramedStream]:
+        await self.ensure_connected(peer_id)
+        with trio.move_on_after(STREAM_OPEN_TIMEOUT) as scope:
+            try:
+                stream = await self.host.new_stream(peer_id, [TProtocol(protocol)])
+            except Exception as exc:
+                raise P2PError(f"cannot open {protocol} to {peer_id}: {exc}") from None
+        if scope.cancelled_caught:
+            raise P2PError(f"timed out opening {protocol} to {peer_id}")
+        framed = FramedStream(stream)
+        try:
+            yield framed
+        finally:
+            await framed.close()
+
+    async def request(
+        self,
+        peer_id: ID,
+        protocol: str,
+        obj: Any,
+        *,
+        max_size: int = DEFAULT_MAX_FRAME,
+        timeout: float = 10.0,
+    ) -> Any:
+        async with self.open_stream(peer_id, protocol) as framed:
+            await framed.send(obj, timeout=timeout)
+            return await framed.recv(max_size=max_size, timeout=timeout)
+
+
+def _msg_key(msg: Any) -> bytes:
+    return bytes(msg.from_id) + bytes(msg.seqno)
+
+
+@asynccontextmanager
+async def open_host(
+    identity: Identity,
+    *,
+    network: str,
+    domain: Domain,
+    options: HostOptions | None = None,
+    roles: wire.RoleRegistry | None = None,
+) -> AsyncIterator[KaisarHost]:
+    host = KaisarHost(
+        identity, network=network, domain=domain, options=options or HostOptions(), roles=roles
+    )
+    async with host._running():
+        yield host
