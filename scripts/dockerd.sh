@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# Private Docker Engine for Kaisar tests, devnet and single-machine providers.
+#
+#   scripts/dockerd.sh [start]   start (or reuse) the engine, print `export DOCKER_HOST=...`
+#   scripts/dockerd.sh stop      stop the engine this state dir runs (containers stop too)
+#   scripts/dockerd.sh status    exit 0 and print DOCKER_HOST if the engine answers
+#   scripts/dockerd.sh env       print `export DOCKER_HOST=...` (no start)
+#
+# Usage in a shell:   eval "$(scripts/dockerd.sh)"
+#
+# Environment:
+#   KAISAR_DOCKER_DIR        state dir (socket, data-root, exec-root, pidfile, log);
+#                            default /tmp/kaisar-docker
+#   KAISAR_DOCKER_STORAGE    force a storage driver (default: overlay2, then vfs)
+#   KAISAR_DOCKER_NETWORK    force the network mode: bridge (default bridge docker0 with
+#                            iptables, --icc=false) or none (default: bridge, then none)
+#   KAISAR_DOCKER_WAIT       seconds to wait for the engine to answer (default 30)
+#
+# Only `export ...` goes to stdout; progress and errors go to stderr, so `eval` is safe.
+# Facts measured on the development machines are in docs/CONTAINERS.md.
+set -euo pipefail
+
+STATE_DIR="${KAISAR_DOCKER_DIR:-/tmp/kaisar-docker}"
+SOCK="$STATE_DIR/docker.sock"
+PIDFILE="$STATE_DIR/dockerd.pid"
+LOG="$STATE_DIR/dockerd.log"
+WAIT_S="${KAISAR_DOCKER_WAIT:-30}"
+# The sandbox hard limit is 20000; dockerd/containerd must not ask for more.
+NOFILE_MAX=20000
+
+say() { echo "dockerd.sh: $*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+host_line() { echo "export DOCKER_HOST=unix://$SOCK"; }
+
+# True when the engine on our socket answers /_ping (curl, else the docker CLI).
+answers() {
+    [ -S "$SOCK" ] || return 1
+    if command -v curl >/dev/null 2>&1; then
+        [ "$(curl -s --max-time 2 --unix-socket "$SOCK" http://docker/_ping 2>/dev/null)" = "OK" ]
+    else
+        DOCKER_HOST="unix://$SOCK" timeout 3 docker version >/dev/null 2>&1
+    fi
+}
+
+# True when our engine runs in bridge mode but the docker0 interface has disappeared.
+bridge_lost() {
+    grep -qx 'network=bridge' "$STATE_DIR/engine.env" 2>/dev/null && [ ! -e /sys/class/net/docker0 ]
+}
+
+running_pid() {
+    [ -f "$PIDFILE" ] || return 1
+    local pid
+    pid="$(cat "$PIDFILE" 2>/dev/null || true)"
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+ensure_installed() {
+    command -v dockerd >/dev/null 2>&1 && return 0
+    [ "$(id -u)" = 0 ] || die "dockerd is missing and we are not root: install docker.io"
+    say "dockerd missing: installing docker.io with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -q docker.io >&2; then
+        apt-get update -q >&2
+        apt-get install -y -q docker.io >&2
+    fi
+    command -v dockerd >/dev/null 2>&1 || die "apt-get installed docker.io but dockerd is still missing"
+}
+
+# Start dockerd with one storage driver and network mode (bridge|none); return 0 once
+# it answers, 1 if it died or hung.
+try_start() {
+    local driver="$1" net="$2"
+    local net_flags=(--icc=false --ip=127.0.0.1)
+    if [ "$net" = none ]; then
+        # No docker0 and no iptables: containers get only loopback, so published
+        # ports cannot work. The runtime refuses to start jobs then (docs/CONTAINERS.md).
+        net_flags=(--bridge=none --iptables=false)
+    fi
+    mkdir -p "$STATE_DIR/data" "$STATE_DIR/exec"
+    : >"$LOG"
+    say "starting dockerd (storage driver $driver, network $net), log $LOG"
+    # setsid+nohup: the engine outlives this script and the shell that ran it.
+    # ulimit: containerd raises its soft limit to the hard one; keep both <= 20000.
+    (
+        exec 9>&- # do not let dockerd inherit (and hold) the start lock
+        ulimit -n "$(( $(ulimit -Hn) < NOFILE_MAX ? $(ulimit -Hn) : NOFILE_MAX ))" 2>/dev/null || true
+        exec setsid nohup dockerd \
+            -H "unix://$SOCK" \
+            --data-root "$STATE_DIR/data" \
+            --exec-root "$STATE_DIR/exec" \
+            --pidfile "$PIDFILE" \
+            --storage-driver "$driver" \
+            "${net_flags[@]}" \
+            --log-level warn \
+            >>"$LOG" 2>&1 </dev/null
+    ) &
+    local launcher=$!
+    local deadline=$(( SECONDS + WAIT_S ))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        if answers; then
+            return 0
+        fi
+        # The launcher subshell execs dockerd, so its pid is dockerd's pid.
+        if ! kill -0 "$launcher" 2>/dev/null; then
+            wait "$launcher" 2>/dev/null || true
+            say "dockerd ($driver, $net) exited; last log lines:"
+            tail -n 5 "$LOG" >&2 || true
+            return 1
+        fi
+        sleep 0.1
+    done
+    say "dockerd ($driver, $net) did not answer within ${WAIT_S}s; stopping it"
+    kill "$launcher" 2>/dev/null || true
+    return 1
+}
+
+cmd_start() {
+    mkdir -p "$STATE_DIR"
+    # One starter at a time per state dir (parallel test sessions call this too).
+    exec 9>"$STATE_DIR/lock"
+    flock -w "$(( WAIT_S * 3 ))" 9 || die "timed out waiting for $STATE_DIR/lock"
+
+    if answers; then
+        if bridge_lost; then
+            # Another dockerd started with --bridge=none deletes docker0 under us;
+            # containers then fail with "could not find bridge docker0".
+            say "the engine's bridge docker0 is gone; restarting the engine"
+            cmd_stop
+        else
+            say "reusing the engine on $SOCK"
+            host_line
+            return 0
+        fi
+    fi
+    local pid
+    if pid="$(running_pid)"; then
+        # Still starting (or hung): give it the normal wait before judging.
+        local deadline=$(( SECONDS + WAIT_S ))
+        while [ "$SECONDS" -lt "$deadline" ] && kill -0 "$pid" 2>/dev/null; do
+            if answers; then host_line; return 0; fi
+            sleep 0.2
+        done
+        die "dockerd pid $pid (from $PIDFILE) runs but does not answer on $SOCK; see $LOG or run '$0 stop'"
+    fi
+    rm -f "$PIDFILE" "$SOCK"
+
+    ensure_installed
+    local drivers
+    if [ -n "${KAISAR_DOCKER_STORAGE:-}" ]; then
+        drivers="$KAISAR_DOCKER_STORAGE"
+    else
+        drivers="overlay2 vfs"
+    fi
+    local nets="${KAISAR_DOCKER_NETWORK:-bridge none}"
+    local d n
+    for n in $nets; do
+        for d in $drivers; do
+            if try_start "$d" "$n"; then
+                printf 'storage_driver=%s\nnetwork=%s\n' "$d" "$n" >"$STATE_DIR/engine.env"
+                [ "$n" = none ] && say "WARNING: no bridge network: job containers cannot publish ports"
+                say "engine ready on $SOCK (storage driver $d, network $n)"
+                host_line
+                return 0
+            fi
+            rm -f "$PIDFILE" "$SOCK"
+        done
+    done
+    die "could not start dockerd (storage drivers: $drivers; networks: $nets); see $LOG"
+}
+
+cmd_stop() {
+    local pid
+    if ! pid="$(running_pid)"; then
+        say "no dockerd running for $STATE_DIR"
+        rm -f "$PIDFILE" "$SOCK"
+        return 0
+    fi
+    say "stopping dockerd pid $pid"
+    kill -TERM "$pid"
+    local deadline=$(( SECONDS + 20 ))
+    while kill -0 "$pid" 2>/dev/null; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            say "dockerd pid $pid ignored SIGTERM for 20s; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            break
+        fi
+        sleep 0.1
+    done
+    rm -f "$PIDFILE" "$SOCK"
+}
+
+cmd_status() {
+    if answers; then
+        host_line
+        return 0
+    fi
+    say "no engine answers on $SOCK"
+    return 1
+}
+
+case "${1:-start}" in
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    env) host_line ;;
+    -h | --help | help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) die "unknown command '$1' (start|stop|status|env)" ;;
+esac
