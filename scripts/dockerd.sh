@@ -52,7 +52,19 @@ running_pid() {
     [ -f "$PIDFILE" ] || return 1
     local pid
     pid="$(cat "$PIDFILE" 2>/dev/null || true)"
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+    [ -n "$pid" ] && is_dockerd "$pid" && echo "$pid"
+}
+
+# True if pid is a live (not zombie) dockerd: pidfiles outlive crashes and pids get reused.
+is_dockerd() {
+    [ "$(cat "/proc/$1/comm" 2>/dev/null)" = dockerd ] && is_alive "$1"
+}
+
+# True if pid exists and is not a zombie (kill -0 succeeds on zombies).
+is_alive() {
+    local state
+    state="$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null)"
+    [ -n "$state" ] && [ "$state" != Z ]
 }
 
 ensure_installed() {
@@ -78,7 +90,7 @@ try_start() {
         net_flags=(--bridge=none --iptables=false)
     fi
     mkdir -p "$STATE_DIR/data" "$STATE_DIR/exec"
-    : >"$LOG"
+    echo "=== dockerd.sh $(date -u +%FT%TZ) start: storage $driver, network $net" >>"$LOG"
     say "starting dockerd (storage driver $driver, network $net), log $LOG"
     # setsid+nohup: the engine outlives this script and the shell that ran it.
     # ulimit: containerd raises its soft limit to the hard one; keep both <= 20000.
@@ -102,7 +114,7 @@ try_start() {
             return 0
         fi
         # The launcher subshell execs dockerd, so its pid is dockerd's pid.
-        if ! kill -0 "$launcher" 2>/dev/null; then
+        if ! is_alive "$launcher"; then
             wait "$launcher" 2>/dev/null || true
             say "dockerd ($driver, $net) exited; last log lines:"
             tail -n 5 "$LOG" >&2 || true
@@ -137,7 +149,7 @@ cmd_start() {
     if pid="$(running_pid)"; then
         # Still starting (or hung): give it the normal wait before judging.
         local deadline=$(( SECONDS + WAIT_S ))
-        while [ "$SECONDS" -lt "$deadline" ] && kill -0 "$pid" 2>/dev/null; do
+        while [ "$SECONDS" -lt "$deadline" ] && is_dockerd "$pid"; do
             if answers; then host_line; return 0; fi
             sleep 0.2
         done
@@ -179,7 +191,7 @@ cmd_stop() {
     say "stopping dockerd pid $pid"
     kill -TERM "$pid"
     local deadline=$(( SECONDS + 20 ))
-    while kill -0 "$pid" 2>/dev/null; do
+    while is_dockerd "$pid"; do
         if [ "$SECONDS" -ge "$deadline" ]; then
             say "dockerd pid $pid ignored SIGTERM for 20s; sending SIGKILL"
             kill -KILL "$pid" 2>/dev/null || true

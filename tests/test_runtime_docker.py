@@ -26,6 +26,17 @@ pytestmark = pytest.mark.docker
 
 MiB = 1024 * 1024
 SMALL = Limits(memory_bytes=64 * MiB, cpus=0.5, pids=64)
+# What the kernel enforces, seen from inside (cgroup v1 paths, else v2 ones).
+INSIDE_VIEW = (
+    "grep -E 'CapEff|NoNewPrivs' /proc/self/status;"
+    " echo mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null"
+    " || cat /sys/fs/cgroup/memory.max);"
+    " echo pids=$(cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max);"
+    " echo nofile=$(ulimit -n);"
+    " touch /rootfs-is-writable 2>/dev/null || echo rootfs=ro;"
+    " touch /tmp/x && echo tmp=rw;"
+    " exec sleep 60"
+)
 
 
 async def http_get(port: int, path: str = "/", timeout: float = 5.0) -> str:
@@ -88,7 +99,7 @@ async def test_security_policy_and_limits_applied(container_runtime, docker_clie
         8000,
         limits=limits,
         env={"GREETING": "hi"},
-        command=["sh", "-c", "grep -E 'CapEff|NoNewPrivs' /proc/self/status; exec sleep 60"],
+        command=["sh", "-c", INSIDE_VIEW],
     )
     attrs = docker_client.api.inspect_container(info.container_id)
     hc = attrs["HostConfig"]
@@ -107,10 +118,17 @@ async def test_security_policy_and_limits_applied(container_runtime, docker_clie
     assert labels[LABEL_NODE] == runtime_node and labels[LABEL_JOB] == "11"
     assert "GREETING=hi" in attrs["Config"]["Env"]
     # The kernel's view from inside: no capabilities, no privilege gain.
-    async with container_runtime.logs(11) as chunks:
-        out = b"".join([c async for c in chunks]).decode()
+    out = ""
+    with trio.fail_after(5):
+        async with container_runtime.logs(11, follow=True) as chunks:
+            async for chunk in chunks:
+                out += chunk.decode()
+                if "tmp=" in out:
+                    break
     assert "CapEff:\t0000000000000000" in out
     assert "NoNewPrivs:\t1" in out
+    assert f"mem={96 * MiB}" in out and "pids=50" in out and "nofile=16384" in out
+    assert "rootfs=ro" in out and "tmp=rw" in out
 
 
 async def test_failed_starts_leave_no_container(container_runtime, docker_client, runtime_node):
