@@ -1,0 +1,202 @@
+"""Compute backends for the prover chain: numpy (always), torch / cupy when CUDA is present.
+
+A backend computes ``C_i = reduce(C_{i-1} @ B)`` and hands each committed step to a
+callback as a host int8 matrix (the prover hashes it). All backends give bit-identical
+results: inputs are small integers, products accumulate exactly in fp32 (or TF32
+tensor cores with fp32 accumulation), and the centred reduction is exact.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from node.popw import prg
+from node.popw.challenge import MODULUS
+
+StepCallback = Callable[[int, np.ndarray], None]  # (commit index 1.., int8 n x n)
+# Rows per block in the numpy reduction: ~256 KiB of fp32 per block stays in L2, which
+# makes the 4 elementwise passes ~3x cheaper than whole-matrix passes at n = 2048.
+REDUCE_BLOCK_BYTES = 1 << 18
+
+
+class Backend(Protocol):
+    name: str
+    device: str
+
+    def run_chain(
+        self, seed: bytes, n: int, rounds: int, stride: int, on_commit: StepCallback
+    ) -> None: ...
+
+    def bare_matmul_seconds(self, n: int, rounds: int) -> float: ...
+
+
+def _reduce_blocked(c: np.ndarray, tmp: np.ndarray, out_i8: np.ndarray | None) -> None:
+    """In place ``c -= P * rint(c / P)`` by row blocks; optionally also write int8 rows."""
+    n = c.shape[1]
+    block = max(1, REDUCE_BLOCK_BYTES // (4 * n))
+    inv = np.float32(1.0 / MODULUS)
+    for r0 in range(0, c.shape[0], block):
+        cb, tb = c[r0 : r0 + block], tmp[r0 : r0 + block]
+        np.multiply(cb, inv, out=tb)
+        np.rint(tb, out=tb)
+        np.multiply(tb, np.float32(MODULUS), out=tb)
+        np.subtract(cb, tb, out=cb)
+        if out_i8 is not None:
+            np.copyto(out_i8[r0 : r0 + block], cb, casting="unsafe")
+
+
+class NumpyBackend:
+    name = "numpy"
+
+    def __init__(self) -> None:
+        self._ws: tuple[np.ndarray, np.ndarray] | None = None
+        self.device = platform.processor() or platform.machine() or "cpu"
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        self.device = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+
+    def _workspace(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Two n x n fp32 buffers kept across challenges (a provider answers many: no
+        page faults on fresh memory inside the timed run)."""
+        if self._ws is None or self._ws[0].shape[0] != n:
+            self._ws = (np.zeros((n, n), np.float32), np.zeros((n, n), np.float32))
+        return self._ws
+
+    def run_chain(
+        self, seed: bytes, n: int, rounds: int, stride: int, on_commit: StepCallback
+    ) -> None:
+        cur = prg.matrix(seed, b"A", n)
+        b = prg.matrix(seed, b"B", n)
+        nxt, tmp = self._workspace(n)
+        for step in range(1, rounds + 1):
+            np.matmul(cur, b, out=nxt)
+            committed = step % stride == 0
+            i8 = np.empty((n, n), dtype=np.int8) if committed else None
+            _reduce_blocked(nxt, tmp, i8)
+            cur, nxt = nxt, cur
+            if i8 is not None:
+                on_commit(step // stride, i8)
+
+    def bare_matmul_seconds(self, n: int, rounds: int) -> float:
+        a = np.ones((n, n), np.float32)
+        b = np.ones((n, n), np.float32)
+        out = np.empty_like(a)
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            np.matmul(a, b, out=out)
+        return time.perf_counter() - t0
+
+
+class TorchBackend:
+    """torch on CUDA (or CPU when asked, used by the cross-backend test)."""
+
+    name = "torch"
+
+    def __init__(self, torch: Any, device: str) -> None:
+        self.torch = torch
+        self.dev = torch.device(device)
+        if self.dev.type == "cuda":
+            # TF32 tensor cores: inputs in [-2, 2] are exact in TF32, accumulation is fp32.
+            torch.backends.cuda.matmul.allow_tf32 = True
+            self.device = torch.cuda.get_device_name(self.dev)
+        else:
+            self.device = "cpu"
+
+    def _sync(self) -> None:
+        if self.dev.type == "cuda":
+            self.torch.cuda.synchronize(self.dev)
+
+    def run_chain(
+        self, seed: bytes, n: int, rounds: int, stride: int, on_commit: StepCallback
+    ) -> None:
+        t = self.torch
+        cur = t.from_numpy(prg.matrix(seed, b"A", n)).to(self.dev)
+        b = t.from_numpy(prg.matrix(seed, b"B", n)).to(self.dev)
+        for step in range(1, rounds + 1):
+            nxt = cur @ b
+            q = t.round(nxt * (1.0 / MODULUS))  # round half to even, like numpy rint
+            nxt.sub_(q.mul_(MODULUS))
+            cur = nxt
+            if step % stride == 0:
+                on_commit(step // stride, cur.to(t.int8).cpu().numpy())
+
+    def bare_matmul_seconds(self, n: int, rounds: int) -> float:
+        t = self.torch
+        a = t.ones((n, n), dtype=t.float32, device=self.dev)
+        out = t.empty_like(a)
+        self._sync()
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            t.matmul(a, a, out=out)
+        self._sync()
+        return time.perf_counter() - t0
+
+
+class CupyBackend:
+    """cupy on CUDA: the numpy code path on the GPU."""
+
+    name = "cupy"
+
+    def __init__(self, cp: Any) -> None:
+        self.cp = cp
+        props = cp.cuda.runtime.getDeviceProperties(0)
+        name = props.get("name", b"cuda")
+        self.device = name.decode() if isinstance(name, bytes) else str(name)
+
+    def run_chain(
+        self, seed: bytes, n: int, rounds: int, stride: int, on_commit: StepCallback
+    ) -> None:
+        cp = self.cp
+        cur = cp.asarray(prg.matrix(seed, b"A", n))
+        b = cp.asarray(prg.matrix(seed, b"B", n))
+        for step in range(1, rounds + 1):
+            nxt = cur @ b
+            nxt -= MODULUS * cp.rint(nxt * np.float32(1.0 / MODULUS))
+            cur = nxt
+            if step % stride == 0:
+                on_commit(step // stride, cp.asnumpy(cur.astype(cp.int8)))
+
+    def bare_matmul_seconds(self, n: int, rounds: int) -> float:
+        cp = self.cp
+        a = cp.ones((n, n), dtype=cp.float32)
+        cp.cuda.Device().synchronize()
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            a @ a
+        cp.cuda.Device().synchronize()
+        return time.perf_counter() - t0
+
+
+def _optional(module: str) -> Any | None:
+    try:
+        return importlib.import_module(module)
+    except Exception:  # not installed, or installed without a working CUDA runtime
+        return None
+
+
+def best_backend() -> Backend:
+    """torch on CUDA, else cupy on CUDA, else numpy."""
+    torch = _optional("torch")
+    try:
+        if torch is not None and torch.cuda.is_available():
+            return TorchBackend(torch, "cuda")
+    except Exception:  # broken driver: fall through to the next backend
+        pass
+    cp = _optional("cupy")
+    try:
+        if cp is not None and cp.cuda.runtime.getDeviceCount() > 0:
+            return CupyBackend(cp)
+    except Exception:
+        pass
+    return NumpyBackend()

@@ -1,0 +1,96 @@
+"""`kaisar bench popw`: prover overhead over bare matmul, verifier cost, provider duty cycle.
+
+Method (docs/BENCHMARKS.md, PoPW section): for each n, one challenge with the same
+work as the "cpu" class challenge (rounds capped at MAX_COMMITS); per repetition the
+honest prover runs, then the backend's bare matmul of the same rounds x n^3, then the
+checker's verification (draw k openings, prover opens, check). Figures use the fastest
+repetition of each (least disturbed by other processes on a shared machine).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Any
+
+from node.popw.backends import Backend, NumpyBackend
+from node.popw.challenge import MAX_COMMITS, new_challenge, work_flops
+from node.popw.classes import ClassTable, rounds_for
+from node.popw.prover import Prover
+from node.popw.verifier import check_commit, check_openings, draw_openings
+
+DEFAULT_SIZES = (256, 1024, 2048)
+
+
+def measure_size(
+    backend: Backend, n: int, rounds: int, k: int, reps: int, seed: int = 0
+) -> dict[str, Any]:
+    prover = Prover(backend)
+    rng = random.Random(seed)
+    ch = new_challenge(n, rounds, deadline=600.0)
+    prover.commit(new_challenge(n, 1, deadline=600.0))  # warm-up: workspace, BLAS threads
+    prover_s, bare_s, checker_cpu_s = [], [], []
+    for _ in range(reps):
+        ch = new_challenge(n, rounds, deadline=600.0)
+        commit = prover.commit(ch)
+        prover_s.append(commit.elapsed)
+        bare_s.append(backend.bare_matmul_seconds(n, rounds))
+        c0 = time.process_time()
+        requested = draw_openings(ch, k, rng)
+        check_commit(ch, commit)
+        c1 = time.process_time()
+        openings = prover.open(ch.id, requested)  # prover's work, not the checker's
+        c2 = time.process_time()
+        check_openings(ch, commit, requested, openings)
+        checker_cpu_s.append((c1 - c0) + (time.process_time() - c2))
+    p, b, v = min(prover_s), min(bare_s), min(checker_cpu_s)
+    return {
+        "n": n,
+        "rounds": rounds,
+        "k": k,
+        "prover_s": round(p, 4),
+        "bare_matmul_s": round(b, 4),
+        "checker_cpu_s": round(v, 5),
+        "prover_over_matmul": round(p / b, 3),
+        "verifier_over_prover": round(v / p, 5),
+        "effective_tflops": round(work_flops(n, rounds) / p / 1e12, 4),
+    }
+
+
+def run_bench(
+    table: ClassTable,
+    *,
+    sizes: tuple[int, ...] = DEFAULT_SIZES,
+    reps: int = 2,
+    epoch_seconds: float = 600.0,
+    committee: int = 4,
+    backend: Backend | None = None,
+) -> dict[str, Any]:
+    backend = backend or NumpyBackend()
+    cpu = table.get("cpu")
+    k = table.policy.openings
+    work = work_flops(cpu.n, rounds_for(cpu, table.policy))
+    results = []
+    for n in sizes:
+        rounds = min(MAX_COMMITS, max(1, math.ceil(work / work_flops(n, 1))))
+        results.append(measure_size(backend, n, rounds, k, reps))
+    cpu_row = next((r for r in results if r["n"] == cpu.n), results[-1])
+    # Each epoch a committee of checkers challenges the provider once each; the GPU is
+    # busy with PoPW for committee * prover time out of the epoch.
+    duty = committee * cpu_row["prover_s"] / epoch_seconds
+    return {
+        "bench": "popw",
+        "backend": backend.name,
+        "device": backend.device,
+        "work_flops": work,
+        "results": results,
+        "duty_cycle": {
+            "class": "cpu",
+            "committee": committee,
+            "epoch_seconds": epoch_seconds,
+            "prover_s": cpu_row["prover_s"],
+            "fraction": round(duty, 5),
+        },
+        "targets": {"prover_over_matmul": 1.15, "verifier_over_prover_at_2048": 0.01},
+    }

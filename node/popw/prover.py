@@ -1,0 +1,85 @@
+"""The provider side of PoPW: compute the chain, commit to it, open rows on request."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from node.popw import merkle
+from node.popw.backends import Backend, NumpyBackend
+from node.popw.challenge import Challenge, require, validate_challenge
+
+
+@dataclass(frozen=True)
+class Commitment:
+    id: bytes  # the challenge id this commit answers
+    roots: list[bytes]  # Merkle root of each committed step, in order
+    elapsed: float  # prover-measured seconds (informational; the checker times it itself)
+    device: dict[str, str | int] = field(default_factory=dict)  # backend, name, uuid, ...
+
+
+@dataclass(frozen=True)
+class Opening:
+    commit: int  # 1-based index of the committed step
+    row: int
+    prev: bytes  # row of the previous committed step (empty for commit 1: it is A)
+    prev_proof: list[bytes]
+    cur: bytes  # row of this committed step, int8
+    proof: list[bytes]
+
+
+class Prover:
+    """Honest prover. Keeps the last challenge's steps (int8) and trees to open them."""
+
+    def __init__(self, backend: Backend | None = None, device: dict[str, str | int] | None = None):
+        self.backend = backend or NumpyBackend()
+        self.device = device or {"backend": self.backend.name, "name": self.backend.device}
+        self._challenge: Challenge | None = None
+        self._steps: list[np.ndarray] = []
+        self._levels: list[list[list[bytes]]] = []
+        # Hashing step i overlaps the product of step i+1: the matmul releases the GIL,
+        # and hashlib releases it for rows >= 2 KiB.
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="popw-hash")
+
+    def commit(self, ch: Challenge) -> Commitment:
+        validate_challenge(ch)
+        steps: list[np.ndarray] = []
+        trees: list[Future[list[list[bytes]]]] = []
+
+        def on_commit(index: int, rows: np.ndarray) -> None:
+            assert index == len(steps) + 1
+            steps.append(rows)
+            trees.append(self._hasher.submit(_tree_of, rows))
+
+        t0 = time.perf_counter()
+        self.backend.run_chain(ch.seed, ch.n, ch.rounds, ch.stride, on_commit)
+        levels = [t.result() for t in trees]
+        elapsed = time.perf_counter() - t0
+        self._challenge, self._steps, self._levels = ch, steps, levels
+        return Commitment(ch.id, [merkle.root_of(lv) for lv in levels], elapsed, dict(self.device))
+
+    def open(self, challenge_id: bytes, requests: list[tuple[int, int]]) -> list[Opening]:
+        ch = self._challenge
+        require(ch is not None and ch.id == challenge_id, "no commit for this challenge id")
+        assert ch is not None
+        return [self._open_one(c, j) for c, j in requests]
+
+    def _open_one(self, c: int, j: int) -> Opening:
+        assert self._challenge is not None
+        require(1 <= c <= len(self._steps) and 0 <= j < self._challenge.n, "opening out of range")
+        cur = self.row_bytes(c, j)
+        proof = merkle.proof_of(self._levels[c - 1], j)
+        if c == 1:
+            return Opening(c, j, b"", [], cur, proof)
+        prev = self.row_bytes(c - 1, j)
+        return Opening(c, j, prev, merkle.proof_of(self._levels[c - 2], j), cur, proof)
+
+    def row_bytes(self, c: int, j: int) -> bytes:
+        return self._steps[c - 1][j].tobytes()
+
+
+def _tree_of(rows: np.ndarray) -> list[list[bytes]]:
+    return merkle.build_levels(merkle.leaf_hashes(rows))

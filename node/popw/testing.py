@@ -1,0 +1,153 @@
+"""Dishonest provers, for the cheating tests and for devnet fault injection.
+
+Each models one way to claim work that was not done. The verifier must reject every
+one of them; ``tests/test_popw_cheating.py`` checks it does, exactly when it should.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import replace
+
+import numpy as np
+
+from node.popw import prg
+from node.popw.backends import Backend, NumpyBackend, StepCallback
+from node.popw.challenge import HALF_MODULUS, Challenge, centred_reduce
+from node.popw.prover import Commitment, Opening, Prover
+
+
+class TamperingBackend:
+    """Wraps a backend; ``tamper(commit_index, rows)`` edits the int8 rows before they are
+    committed (the chain itself continues from the true values)."""
+
+    def __init__(self, inner: Backend, tamper) -> None:
+        self.inner = inner
+        self.tamper = tamper
+        self.name = f"tampered-{inner.name}"
+        self.device = inner.device
+
+    def run_chain(
+        self, seed: bytes, n: int, rounds: int, stride: int, on_commit: StepCallback
+    ) -> None:
+        def wrapped(index: int, rows: np.ndarray) -> None:
+            on_commit(index, self.tamper(index, rows))
+
+        self.inner.run_chain(seed, n, rounds, stride, wrapped)
+
+    def bare_matmul_seconds(self, n: int, rounds: int) -> float:
+        return self.inner.bare_matmul_seconds(n, rounds)
+
+
+def _garbage_row(rng: random.Random, n: int) -> np.ndarray:
+    return np.array([rng.randint(-HALF_MODULUS, HALF_MODULUS) for _ in range(n)], dtype=np.int8)
+
+
+class SkippingProver(Prover):
+    """Skips a fraction f of (commit, row) cells: commits random reduced rows there.
+
+    ``skipped`` holds the cells of the last challenge, so a test can say exactly which
+    openings must fail: a skipped cell, or the cell right after one (its previous row
+    is garbage).
+    """
+
+    def __init__(self, fraction: float, seed: int = 0) -> None:
+        self.fraction = fraction
+        self.rng = random.Random(seed)
+        self.skipped: set[tuple[int, int]] = set()
+        super().__init__(TamperingBackend(NumpyBackend(), self._tamper))
+
+    def commit(self, ch: Challenge) -> Commitment:
+        cells = [(c, j) for c in range(1, ch.commits + 1) for j in range(ch.n)]
+        count = max(1, round(self.fraction * len(cells)))
+        self.skipped = set(self.rng.sample(cells, count))
+        return super().commit(ch)
+
+    def _tamper(self, index: int, rows: np.ndarray) -> np.ndarray:
+        for c, j in self.skipped:
+            if c == index:
+                garbage = _garbage_row(self.rng, rows.shape[1])
+                while np.array_equal(garbage, rows[j]):
+                    garbage = _garbage_row(self.rng, rows.shape[1])
+                rows[j] = garbage
+        return rows
+
+
+class WrongValueProver(Prover):
+    """Commits rows that are almost right: one entry of every row is off (e.g. a device
+    computing in a lossy format, or a bug). Consistent Merkle proofs, wrong values."""
+
+    def __init__(self) -> None:
+        super().__init__(TamperingBackend(NumpyBackend(), self._tamper))
+
+    @staticmethod
+    def _tamper(index: int, rows: np.ndarray) -> np.ndarray:
+        col = index % rows.shape[1]
+        rows[:, col] = np.where(rows[:, col] == HALF_MODULUS, -HALF_MODULUS, rows[:, col] + 1)
+        return rows
+
+
+class LazyProver(Prover):
+    """Does no chain at all: commits random roots, then computes only the opened rows on
+    demand (cheap: k row products) and sends them with made-up Merkle proofs."""
+
+    def commit(self, ch: Challenge) -> Commitment:
+        self._lazy = ch
+        return Commitment(
+            ch.id, [os.urandom(32) for _ in range(ch.commits)], 0.001, dict(self.device)
+        )
+
+    def open(self, challenge_id: bytes, requests: list[tuple[int, int]]) -> list[Opening]:
+        ch = self._lazy
+        b = prg.matrix(ch.seed, b"B", ch.n)
+        out = []
+        for c, j in requests:
+            x = prg.matrix_rows(ch.seed, b"A", ch.n, [j])
+            rows = []
+            for _ in range(c * ch.stride):
+                x = centred_reduce(x @ b)
+                rows.append(x.astype(np.int8)[0].tobytes())
+            prev = rows[-1 - ch.stride] if c > 1 else b""
+            fake = [os.urandom(32) for _ in range(ch.depth)]
+            out.append(Opening(c, j, prev, fake if c > 1 else [], rows[-1], fake))
+        return out
+
+
+class ForgedProofProver(Prover):
+    """Honest commit, but opens a different (correctly recomputed) row index under the
+    requested one: right values for row j', proof for row j'. The index binding in the
+    Merkle path must catch it."""
+
+    def open(self, challenge_id: bytes, requests: list[tuple[int, int]]) -> list[Opening]:
+        assert self._challenge is not None
+        n = self._challenge.n
+        honest = super().open(challenge_id, [(c, (j + 1) % n) for c, j in requests])
+        return [replace(op, row=j) for op, (c, j) in zip(honest, requests, strict=True)]
+
+
+class ReplayProver(Prover):
+    """Computes the first challenge honestly, then answers every later challenge with
+    that old commit. ``keep_old_id=False`` relabels the old roots with the new id."""
+
+    def __init__(self, keep_old_id: bool = True) -> None:
+        super().__init__()
+        self.keep_old_id = keep_old_id
+        self._old: Commitment | None = None
+
+    def commit(self, ch: Challenge) -> Commitment:
+        if self._old is None:
+            self._old = super().commit(ch)
+            return self._old
+        if self.keep_old_id:
+            return self._old
+        assert self._challenge is not None
+        self._challenge = replace(self._challenge, id=ch.id)  # open old rows under the new id
+        return replace(self._old, id=ch.id)
+
+
+class WrongIdProver(Prover):
+    """Honest work, but the commit names another challenge id."""
+
+    def commit(self, ch: Challenge) -> Commitment:
+        return replace(super().commit(ch), id=os.urandom(32))

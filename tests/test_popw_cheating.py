@@ -1,0 +1,145 @@
+"""Dishonest provers are rejected; an honest prover always passes.
+
+Each test would fail if the rule it relies on were dropped from the verifier (see the
+comment naming the rule).
+"""
+
+import random
+
+import pytest
+
+from node.popw.challenge import Challenge, new_challenge
+from node.popw.classes import GpuClass, PopwPolicy, challenge_for
+from node.popw.prover import Prover
+from node.popw.testing import (
+    ForgedProofProver,
+    LazyProver,
+    ReplayProver,
+    SkippingProver,
+    WrongIdProver,
+    WrongValueProver,
+)
+from node.popw.verifier import FAIL, LATE, PASS, draw_openings, verify_local
+
+K = 16
+GENEROUS = 60.0  # seconds: never the reason a test fails on a loaded machine
+
+
+def check(prover: Prover, ch: Challenge, k: int = K, seed: int = 0, elapsed: float | None = None):
+    commit = prover.commit(ch)
+    return verify_local(
+        ch,
+        commit,
+        commit.elapsed if elapsed is None else elapsed,
+        prover.open,
+        k,
+        random.Random(seed),
+    )
+
+
+def test_honest_prover_passes_100_of_100_seeded_runs():
+    prover = Prover()
+    for seed in range(100):
+        ch = new_challenge(16 << (seed % 3), 1 + seed % 4, GENEROUS, stride=1 + (seed % 4 == 3))
+        v = check(prover, ch, seed=seed)
+        assert v.status == PASS, (seed, v.reason)
+
+
+def hits(skipped: set, requested: list) -> bool:
+    """An opening fails iff its cell, or the previous committed cell of its row, was skipped."""
+    return any((c, j) in skipped or (c - 1, j) in skipped for c, j in requested)
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.10])
+def test_skipping_prover_fails_exactly_when_an_opening_hits_a_skipped_cell(fraction):
+    # rule: expected[i] == op.cur (recompute every opened row)
+    prover = SkippingProver(fraction, seed=1)
+    caught = 0
+    runs = 40
+    for seed in range(runs):
+        ch = new_challenge(64, 8, GENEROUS)  # 512 cells: 1% = 5 cells, 10% = 51
+        v = check(prover, ch, seed=seed)
+        expected_hit = hits(prover.skipped, draw_openings(ch, K, random.Random(seed)))
+        assert (v.status == FAIL) == expected_hit, (seed, v)
+        caught += v.status == FAIL
+    # detection at least 1 - (1 - f)^k in expectation; allow binomial slack
+    p = 1 - (1 - fraction) ** K
+    assert caught >= runs * p - 3 * (runs * p * (1 - p)) ** 0.5
+
+
+def test_skipping_ten_percent_is_caught_with_64_openings():
+    prover = SkippingProver(0.10, seed=2)
+    for seed in range(10):
+        v = check(prover, new_challenge(64, 4, GENEROUS), k=64, seed=seed)
+        assert v.status == FAIL, v
+
+
+def test_wrong_row_values_fail():
+    # rule: expected[i] == op.cur
+    for seed in range(5):
+        v = check(WrongValueProver(), new_challenge(32, 3, GENEROUS), seed=seed)
+        assert v.status == FAIL and "not reduce(previous @ B)" in v.reason
+
+
+def test_lazy_prover_with_made_up_proofs_fails():
+    # rule: merkle.is_valid_proof(cur) against the committed root
+    v = check(LazyProver(), new_challenge(32, 4, GENEROUS))
+    assert v.status == FAIL and "Merkle proof" in v.reason
+
+
+def test_forged_proof_for_another_row_fails():
+    # rule: the Merkle path is checked at the requested index
+    v = check(ForgedProofProver(), new_challenge(32, 4, GENEROUS))
+    assert v.status == FAIL and "Merkle proof" in v.reason
+
+
+def test_commit_after_the_deadline_is_late():
+    # a slow device (numpy here) claiming a fast class: the class's deadline for this
+    # work is microseconds, so the honest, correct commit arrives late.
+    fast = GpuClass("fast", tflops=100.0, memory_gb=80, n=64, stride=1)
+    policy = PopwPolicy(
+        target_seconds=4e-8, min_efficiency=0.5, network_allowance_seconds=0.0, openings=K
+    )
+    ch = challenge_for(fast, policy)
+    assert ch.rounds == 8 and ch.deadline < 1e-6
+    v = check(Prover(), ch)
+    assert v.status == LATE and v.tflops < 100.0
+    # the same work with a generous deadline passes: lateness alone made it late
+    v = check(Prover(), Challenge(ch.id, ch.seed, ch.n, ch.rounds, ch.stride, GENEROUS))
+    assert v.status == PASS
+
+
+def test_wrong_values_beat_lateness():
+    ch = new_challenge(32, 3, 0.5)
+    v = check(WrongValueProver(), ch, elapsed=10.0)
+    assert v.status == FAIL
+
+
+def test_replayed_commit_with_old_id_fails():
+    # rule: commit.id == challenge.id
+    prover = ReplayProver(keep_old_id=True)
+    assert check(prover, new_challenge(32, 3, GENEROUS)).status == PASS
+    v = check(prover, new_challenge(32, 3, GENEROUS))
+    assert v.status == FAIL and "another challenge id" in v.reason
+
+
+def test_replayed_roots_relabelled_with_new_id_fail():
+    # old roots under the new id: the rows open, but are not products under the new seed
+    prover = ReplayProver(keep_old_id=False)
+    assert check(prover, new_challenge(32, 3, GENEROUS)).status == PASS
+    for seed in range(5):
+        v = check(prover, new_challenge(32, 3, GENEROUS), seed=seed)
+        assert v.status == FAIL, v
+
+
+def test_wrong_challenge_id_fails():
+    v = check(WrongIdProver(), new_challenge(32, 3, GENEROUS))
+    assert v.status == FAIL and "another challenge id" in v.reason
+
+
+def test_openings_are_drawn_from_the_checker_randomness_only():
+    ch = new_challenge(64, 8, GENEROUS)
+    a = draw_openings(ch, K, random.Random(1))
+    b = draw_openings(ch, K, random.Random(2))
+    assert a != b and all(1 <= c <= 8 and 0 <= j < 64 for c, j in a)
+    assert len(draw_openings(ch, K)) == K  # system randomness by default

@@ -1,0 +1,142 @@
+"""The PRG and the chain are portable and exact: pinned against a pure-Python PCG64 and an
+int64 reference computation."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from node.popw import merkle, prg
+from node.popw.backends import NumpyBackend
+from node.popw.challenge import MODULUS, Challenge, PopwError, new_challenge, validate_challenge
+from node.popw.prover import Prover
+
+MASK128 = (1 << 128) - 1
+MASK64 = (1 << 64) - 1
+PCG_MULT = 0x2360ED051FC65DA44385DF649FCCF645
+
+
+def pcg64_reference(state: int, inc: int, count: int) -> list[int]:
+    """PCG64 XSL-RR 128/64 (O'Neill), as any language would implement it."""
+    out = []
+    for _ in range(count):
+        state = (state * PCG_MULT + inc) & MASK128
+        v = (state >> 64) ^ (state & MASK64)
+        rot = state >> 122
+        out.append(((v >> rot) | (v << ((64 - rot) & 63))) & MASK64)
+    return out
+
+
+def reference_entries(seed: bytes, label: bytes, n: int) -> np.ndarray:
+    state, inc = prg.derive_pcg_state(seed, label)
+    words = pcg64_reference(state, inc, n * n // 8)
+    raw = b"".join(w.to_bytes(8, "little") for w in words)
+    return np.array([((5 * b) >> 8) - 2 for b in raw], dtype=np.int64).reshape(n, n)
+
+
+def test_numpy_prg_equals_pure_python_pcg64():
+    seed = bytes(range(32))
+    for label in (b"A", b"B"):
+        ours = prg.matrix(seed, label, 16).astype(np.int64)
+        assert np.array_equal(ours, reference_entries(seed, label, 16))
+
+
+def test_matrix_bytes_are_pinned():
+    # Changing the PRG changes every challenge: this digest must never move silently.
+    m = prg.matrix(bytes(range(32)), b"B", 64).astype(np.int8)
+    assert (
+        hashlib.sha256(m.tobytes()).hexdigest()
+        == "883ca80878a20e3ed218232e98d077c7129871de42eb0327fc3822c4e8d40ade"
+    )
+
+
+def test_entries_in_range_and_near_uniform():
+    m = prg.matrix(b"\x07" * 32, b"A", 256)
+    values, counts = np.unique(m, return_counts=True)
+    assert list(values) == [-2, -1, 0, 1, 2]
+    assert counts.min() > 0.18 * m.size and counts.max() < 0.22 * m.size
+
+
+def test_matrix_rows_equal_full_matrix_rows():
+    seed = b"\x09" * 32
+    full = prg.matrix(seed, b"A", 64)
+    rows = [0, 1, 17, 63]
+    assert np.array_equal(prg.matrix_rows(seed, b"A", 64, rows), full[rows])
+
+
+def test_labels_and_seeds_give_different_matrices():
+    a = prg.matrix(b"\x01" * 32, b"A", 32)
+    assert not np.array_equal(a, prg.matrix(b"\x01" * 32, b"B", 32))
+    assert not np.array_equal(a, prg.matrix(b"\x02" * 32, b"A", 32))
+
+
+def int64_chain(seed: bytes, n: int, rounds: int) -> list[np.ndarray]:
+    """The chain in exact integer arithmetic with a centred mod (no floats anywhere)."""
+    c = prg.matrix(seed, b"A", n).astype(np.int64)
+    b = prg.matrix(seed, b"B", n).astype(np.int64)
+    out = []
+    for _ in range(rounds):
+        c = c @ b
+        c = (c + MODULUS // 2) % MODULUS - MODULUS // 2
+        out.append(c.astype(np.int8))
+    return out
+
+
+@pytest.mark.parametrize("n", [16, 128])
+def test_float_chain_is_exact(n):
+    ch = new_challenge(n, 4, 10.0)
+    got = []
+    NumpyBackend().run_chain(ch.seed, n, 4, 1, lambda i, rows: got.append(rows.copy()))
+    for ours, ref in zip(got, int64_chain(ch.seed, n, 4), strict=True):
+        assert np.array_equal(ours, ref)
+
+
+def test_stride_commits_every_stride_steps():
+    ch = new_challenge(32, 6, 10.0, stride=3)
+    got = []
+    NumpyBackend().run_chain(ch.seed, 32, 6, 3, lambda i, rows: got.append((i, rows.copy())))
+    ref = int64_chain(ch.seed, 32, 6)
+    assert [i for i, _ in got] == [1, 2]
+    assert np.array_equal(got[0][1], ref[2]) and np.array_equal(got[1][1], ref[5])
+
+
+def test_torch_cpu_gives_the_same_roots_as_numpy():
+    torch = pytest.importorskip("torch")
+    from node.popw.backends import TorchBackend
+
+    ch = new_challenge(64, 3, 10.0)
+    a = Prover(NumpyBackend()).commit(ch)
+    b = Prover(TorchBackend(torch, "cpu")).commit(ch)
+    assert a.roots == b.roots
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("id", b"x" * 31), ("seed", b""), ("n", 48), ("n", 8), ("n", 1 << 15), ("rounds", 0),
+     ("stride", 4), ("deadline", 0.0), ("deadline", 1e6)],
+)  # fmt: skip
+def test_invalid_challenges_are_refused(field, value):
+    ch = Challenge(b"i" * 32, b"s" * 32, 64, 6, 3, 5.0)
+    validate_challenge(ch)
+    with pytest.raises(PopwError):
+        validate_challenge(Challenge(**{**ch.__dict__, field: value}))
+
+
+def test_merkle_proofs_bind_row_and_index():
+    rows = prg.matrix(b"\x03" * 32, b"A", 16).astype(np.int8)
+    levels = merkle.build_levels(merkle.leaf_hashes(rows))
+    root = merkle.root_of(levels)
+    for j in range(16):
+        proof = merkle.proof_of(levels, j)
+        assert merkle.is_valid_proof(rows[j].tobytes(), j, proof, 4, root)
+        assert not merkle.is_valid_proof(rows[j].tobytes(), j ^ 1, proof, 4, root)
+        assert not merkle.is_valid_proof(rows[j].tobytes(), j, proof[:-1], 3, root)
+        bad = bytearray(rows[j].tobytes())
+        bad[0] = (bad[0] + 1) % 256
+        assert not merkle.is_valid_proof(bytes(bad), j, proof, 4, root)
+    # an inner node is not a leaf (domain separation)
+    inner = levels[1][0]
+    assert not merkle.is_valid_proof(
+        levels[0][0] + levels[0][1], 0, merkle.proof_of(levels, 0)[1:], 3, root
+    )
+    assert inner != merkle.hash_leaf(levels[0][0] + levels[0][1])
