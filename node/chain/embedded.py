@@ -33,8 +33,11 @@ class EmbeddedChain:
         """Mine a block ``seconds`` after the latest one; returns its timestamp."""
         with self.lock:
             ts = self.timestamp() + int(seconds)
+            # time_travel(ts) mines a block stamped ts - 1 and makes ts the pending
+            # block's time; mining once more puts ts on the latest block.
             self.tester.time_travel(ts)
-            return ts
+            self.tester.mine_blocks(1)
+            return self.timestamp()
 
     def mine(self, blocks: int = 1) -> None:
         with self.lock:

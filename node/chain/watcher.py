@@ -1,0 +1,125 @@
+"""Contract events by polling ``eth_getLogs``, with a confirmation depth and reorg re-reads.
+
+Each poll reads logs from ``reorg_depth`` blocks behind the last confirmed block up to
+``head - confirmations``. A log is identified by (block hash, log index): one already
+delivered is skipped, one that moved to a new block after a reorg has a new block hash
+and is delivered again. Consumers therefore see every confirmed event at least once
+and must be idempotent on (event name, args) - the protocol's events are (a job is
+created once, assigned once per round).
+
+Error rules: a failed poll (RPC down) is logged and retried after ``poll_interval``;
+decoding errors for logs we have no ABI for are impossible (topics are filtered).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from eth_utils import event_abi_to_log_topic
+from web3 import Web3
+
+from node.chain.client import ChainClient
+from node.chain.errors import ChainError
+
+log = logging.getLogger("kaisar.chain.watcher")
+
+
+@dataclass(frozen=True)
+class ChainEvent:
+    name: str
+    args: dict
+    address: str
+    block_number: int
+    block_hash: bytes
+    tx_hash: bytes
+    log_index: int
+
+
+class EventWatcher:
+    def __init__(
+        self,
+        client: ChainClient,
+        contracts: list[Any],
+        *,
+        from_block: int = 0,
+        confirmations: int = 0,
+        reorg_depth: int = 12,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.client = client
+        self.confirmations = confirmations
+        self.reorg_depth = reorg_depth
+        self.poll_interval = poll_interval
+        self.next_block = from_block  # first block not yet fully confirmed-and-read
+        self._from_block = from_block
+        self._seen: dict[tuple[bytes, int], int] = {}
+        self._decoders: dict[tuple[str, bytes], Any] = {}
+        for contract in contracts:
+            for item in contract.abi:
+                if item.get("type") == "event":
+                    topic = bytes(event_abi_to_log_topic(item))
+                    self._decoders[(contract.address, topic)] = getattr(
+                        contract.events, item["name"]
+                    )()
+        self._addresses = sorted({c.address for c in contracts})
+
+    async def poll(self) -> list[ChainEvent]:
+        """One read: new confirmed events in chain order."""
+        head = await self.client.block_number()
+        safe = head - self.confirmations
+        if safe < self._from_block:
+            return []
+        start = max(self._from_block, min(self.next_block, safe + 1) - self.reorg_depth)
+        logs = await self.client.run(
+            self.client.w3.eth.get_logs,
+            {"fromBlock": start, "toBlock": safe, "address": self._addresses},
+        )
+        out: list[ChainEvent] = []
+        for entry in sorted(logs, key=lambda x: (x["blockNumber"], x["logIndex"])):
+            key = (bytes(entry["blockHash"]), int(entry["logIndex"]))
+            if key in self._seen:
+                continue
+            self._seen[key] = int(entry["blockNumber"])
+            decoder = self._decoders.get(
+                (Web3.to_checksum_address(entry["address"]), bytes(entry["topics"][0]))
+            )
+            if decoder is None:
+                continue
+            ev = decoder.process_log(entry)
+            out.append(
+                ChainEvent(
+                    name=ev["event"],
+                    args=dict(ev["args"]),
+                    address=ev["address"],
+                    block_number=int(ev["blockNumber"]),
+                    block_hash=bytes(ev["blockHash"]),
+                    tx_hash=bytes(ev["transactionHash"]),
+                    log_index=int(ev["logIndex"]),
+                )
+            )
+        self.next_block = safe + 1
+        horizon = self.next_block - self.reorg_depth - 1
+        self._seen = {k: b for k, b in self._seen.items() if b >= horizon}
+        return out
+
+    async def run(
+        self,
+        send: trio.MemorySendChannel,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Poll forever, sending each event; closes ``send`` when cancelled."""
+        async with send:
+            task_status.started()
+            while True:
+                try:
+                    events = await self.poll()
+                except ChainError as exc:
+                    log.warning("event poll failed error=%s", exc)
+                    events = []
+                for ev in events:
+                    await send.send(ev)
+                await trio.sleep(self.poll_interval)

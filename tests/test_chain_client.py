@@ -1,0 +1,198 @@
+"""The trio client, senders, revert mapping, event watcher and the typed facade."""
+
+import pytest
+import trio
+
+pytest.register_assert_rewrite("chain_fixtures")
+from chain_fixtures import ETHER, GPU, PARAMS, STAKES, ident  # noqa: E402
+from web3.exceptions import ContractLogicError  # noqa: E402
+
+from node.chain.api import JOB_ASSIGNED, JOB_OPEN, KaisarChain  # noqa: E402
+from node.chain.client import ChainClient, revert_reason  # noqa: E402
+from node.chain.deploy import Deployment, verify_deployment  # noqa: E402
+from node.chain.errors import ChainRevert, DeploymentMismatch, InsufficientFunds  # noqa: E402
+from node.chain.watcher import EventWatcher  # noqa: E402
+from node.consensus import votes  # noqa: E402
+
+pytest_plugins = ["chain_fixtures"]
+PRICE = 10**12
+
+
+async def test_facade_reads(world):
+    kc = world.kc
+    cs = await kc.active_checkers()
+    assert set(cs.node_keys) == {c.address for c in world.checkers}
+    assert cs.total_stake == sum(STAKES) == await kc.total_active_stake()
+    assert cs.stake_of(world.checkers[1].address) == STAKES[1]
+    assert cs.stake_of(world.outsider.address) == 0
+    assert kc.domain == world.dep.domain
+    job = await kc.get_job(12345)
+    assert not job.exists
+
+
+async def test_job_flow_through_facade(world):
+    kc = world.kc
+    job_id = await kc.create_job(
+        world.owner,
+        spec_hash=b"\1" * 32,
+        gpu_class=GPU,
+        count=1,
+        image="busybox",
+        port=80,
+        duration=100,
+        price_per_second=PRICE,
+    )
+    job = await kc.get_job(job_id)
+    assert job.exists and job.state == JOB_OPEN and job.owner == world.owner.address
+    assert job.image == "busybox" and job.price == PRICE and job.deposit == 100 * PRICE
+    prov = world.providers[0]
+    d = votes.assign_digest(kc.domain, job_id, 0, prov.address)
+    sigs = [votes.sign(c, d) for c in world.checkers[:2]]
+    await kc.assign(world.outsider, job_id, 0, prov.address, sigs)
+    job = await kc.get_job(job_id)
+    assert job.state == JOB_ASSIGNED and job.provider == prov.address
+    await kc.client.increase_time(10)
+    assert await kc.earned(job_id) > 0
+    await kc.claim_job(prov, job_id)
+    d = votes.failure_digest(kc.domain, job_id, 0, prov.address)
+    await kc.fail(
+        world.outsider, job_id, 0, prov.address, [votes.sign(c, d) for c in world.checkers]
+    )
+    assert (await kc.get_job(job_id)).round == 1
+    await kc.close_job(world.owner, job_id)
+    with pytest.raises(ChainRevert, match="nothing to withdraw"):
+        await kc.withdraw_escrow(world.owner)
+    # rewards through the facade
+    d = votes.popw_digest(kc.domain, 1, prov.address, votes.VERDICT_PASS, GPU)
+    await kc.submit_popw(
+        world.outsider, 1, prov.address, GPU, [votes.sign(c, d) for c in world.checkers]
+    )
+    await kc.fund_rewards(world.owner, ETHER)
+    await kc.client.increase_time(PARAMS.unlock_period)
+    assert await kc.claimable_rewards(prov.address) > 0
+    await kc.claim_rewards(prov)
+    # license + registration through the facade
+    token = await kc.buy_license(world.outsider)
+    key = ident("fresh-checker")
+    await kc.register_checker(world.outsider, token, key.address, ETHER)
+    assert (await kc.active_checkers()).stake_of(key.address) == ETHER
+
+
+async def test_revert_reason_surfaces_with_function_name(world):
+    client = world.kc.client
+    with pytest.raises(ChainRevert) as info:
+        await client.transact(world.owner, world.kc.license.functions.buy(), value=1)
+    assert info.value.reason == "wrong price" and info.value.function == "buy"
+    assert "buy: wrong price" in str(info.value)
+    with pytest.raises(ChainRevert, match="no such token"):
+        await client.call(world.kc.license.functions.ownerOf(999))
+
+
+async def test_mined_revert_is_replayed_for_its_reason(world):
+    # with an explicit gas limit nothing is estimated: the transaction is mined and fails
+    client = world.kc.client
+    with pytest.raises(ChainRevert) as info:
+        await client.transact(world.owner, world.kc.license.functions.buy(), value=1, gas=100_000)
+    assert info.value.reason == "wrong price"
+    # the sender recovers its nonce and keeps working
+    await client.transact(world.owner, world.kc.license.functions.buy(), value=PARAMS.license_price)
+
+
+def test_revert_reason_of_http_error():
+    exc = ContractLogicError("execution reverted: not owner", data="0x")
+    assert revert_reason(exc) == "not owner"
+    assert revert_reason(ValueError("x")) is None
+
+
+async def test_insufficient_funds(world):
+    poor = ident("poor")
+    with pytest.raises(InsufficientFunds, match="fund it first"):
+        await world.kc.client.transact(poor, world.kc.rewards.functions.fund(), value=1)
+    with pytest.raises(InsufficientFunds):
+        await world.kc.client.send_value(poor, world.owner.address, 1)
+
+
+async def test_faucet_and_time(world):
+    client = world.kc.client
+    who = ident("newcomer")
+    await client.fund(world.chain.dev_accounts[0], who.address, 5 * ETHER)
+    assert await client.balance(who.address) == 5 * ETHER
+    t0 = (await client.get_block())["timestamp"]
+    await client.increase_time(3600)
+    assert (await client.get_block())["timestamp"] >= t0 + 3600
+
+
+async def test_one_sender_serializes_concurrent_transactions(world):
+    client = world.kc.client
+    fn = world.kc.rewards.functions.fund()
+    before = await client.call(world.kc.rewards.functions.pool())
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(lambda: client.transact(world.owner, fn, value=1))
+    assert await client.call(world.kc.rewards.functions.pool()) == before + 8
+
+
+async def test_verify_deployment(world):
+    client = world.kc.client
+    await verify_deployment(client, world.dep)
+    wrong_chain = Deployment(**{**world.dep.__dict__, "chain_id": world.dep.chain_id + 1})
+    with pytest.raises(DeploymentMismatch, match="chain id"):
+        await verify_deployment(client, wrong_chain)
+    no_code = Deployment(**{**world.dep.__dict__, "escrow": world.owner.address})
+    with pytest.raises(DeploymentMismatch, match="no Escrow contract"):
+        await verify_deployment(client, no_code)
+    assert Deployment.from_json(world.dep.to_json()) == world.dep
+
+
+# the event watcher -------------------------------------------------------------------
+
+
+async def test_watcher_delivers_each_event_once_after_confirmations(world):
+    kc = world.kc
+    head = await kc.client.block_number()
+    w = EventWatcher(kc.client, kc.contracts(), from_block=head + 1, confirmations=2, reorg_depth=4)
+    assert await w.poll() == []
+    job_id = world.create_job(duration=10)
+    assert await w.poll() == []  # not yet 2 blocks deep
+    world.chain.mine(2)
+    events = await w.poll()
+    assert [e.name for e in events] == ["JobCreated"]
+    assert events[0].args["job_id"] == job_id and events[0].args["owner"] == world.owner.address
+    world.chain.mine(3)
+    assert await w.poll() == []  # re-read, deduplicated
+
+
+async def test_watcher_redelivers_after_reorg(world):
+    kc = world.kc
+    head = await kc.client.block_number()
+    w = EventWatcher(kc.client, [kc.escrow], from_block=head + 1, confirmations=0, reorg_depth=8)
+    snap = world.chain.snapshot()
+    world.create_job(duration=10)
+    first = await w.poll()
+    assert len(first) == 1
+    world.chain.revert(snap)  # the block is replaced by a different one
+    world.chain.increase_time(7)
+    world.create_job(duration=20)
+    second = await w.poll()
+    assert len(second) == 1 and second[0].args["duration"] == 20
+    assert second[0].block_hash != first[0].block_hash
+
+
+async def test_watcher_task_streams_events(world):
+    kc = world.kc
+    head = await kc.client.block_number()
+    w = EventWatcher(kc.client, [kc.escrow], from_block=head + 1, poll_interval=0.01)
+    send, recv = trio.open_memory_channel(10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(w.run, send)
+        await trio.to_thread.run_sync(world.create_job)
+        with trio.fail_after(5):
+            ev = await recv.receive()
+        assert ev.name == "JobCreated"
+        nursery.cancel_scope.cancel()
+
+
+async def test_connect_embedded():
+    c = ChainClient.connect("embedded")
+    assert c.embedded is not None and c.chain_id == await c.run(lambda: c.w3.eth.chain_id)
+    assert KaisarChain  # facade importable without a deployment
