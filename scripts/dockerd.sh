@@ -14,6 +14,8 @@
 #   KAISAR_DOCKER_STORAGE    force a storage driver (default: overlay2, then vfs)
 #   KAISAR_DOCKER_NETWORK    force the network mode: bridge (default bridge docker0 with
 #                            iptables, --icc=false) or none (default: bridge, then none)
+#   KAISAR_DOCKER_USERNS     user namespace remapping: default (dockremap) or off
+#                            (default: default, then off)
 #   KAISAR_DOCKER_WAIT       seconds to wait for the engine to answer (default 30)
 #
 # Only `export ...` goes to stdout; progress and errors go to stderr, so `eval` is safe.
@@ -79,19 +81,22 @@ ensure_installed() {
     command -v dockerd >/dev/null 2>&1 || die "apt-get installed docker.io but dockerd is still missing"
 }
 
-# Start dockerd with one storage driver and network mode (bridge|none); return 0 once
-# it answers, 1 if it died or hung.
+# Start dockerd with one storage driver, network mode (bridge|none) and user namespace
+# remapping (default|off); return 0 once it answers, 1 if it died or hung.
 try_start() {
-    local driver="$1" net="$2"
+    local driver="$1" net="$2" userns="$3"
     local net_flags=(--icc=false --ip=127.0.0.1)
+    local userns_flags=()
+    # Root in a container maps to an unprivileged host uid range (user dockremap).
+    [ "$userns" != off ] && userns_flags=(--userns-remap="$userns")
     if [ "$net" = none ]; then
         # No docker0 and no iptables: containers get only loopback, so published
         # ports cannot work. The runtime refuses to start jobs then (docs/CONTAINERS.md).
         net_flags=(--bridge=none --iptables=false)
     fi
     mkdir -p "$STATE_DIR/data" "$STATE_DIR/exec"
-    echo "=== dockerd.sh $(date -u +%FT%TZ) start: storage $driver, network $net" >>"$LOG"
-    say "starting dockerd (storage driver $driver, network $net), log $LOG"
+    echo "=== dockerd.sh $(date -u +%FT%TZ) start: storage $driver, network $net, userns $userns" >>"$LOG"
+    say "starting dockerd (storage $driver, network $net, userns $userns), log $LOG"
     # setsid+nohup: the engine outlives this script and the shell that ran it.
     # ulimit: containerd raises its soft limit to the hard one; keep both <= 20000.
     (
@@ -104,6 +109,7 @@ try_start() {
             --pidfile "$PIDFILE" \
             --storage-driver "$driver" \
             "${net_flags[@]}" \
+            ${userns_flags[@]+"${userns_flags[@]}"} \
             --log-level warn \
             >>"$LOG" 2>&1 </dev/null
     ) &
@@ -165,20 +171,24 @@ cmd_start() {
         drivers="overlay2 vfs"
     fi
     local nets="${KAISAR_DOCKER_NETWORK:-bridge none}"
-    local d n
+    local usernses="${KAISAR_DOCKER_USERNS:-default off}"
+    local d n u
     for n in $nets; do
         for d in $drivers; do
-            if try_start "$d" "$n"; then
-                printf 'storage_driver=%s\nnetwork=%s\n' "$d" "$n" >"$STATE_DIR/engine.env"
-                [ "$n" = none ] && say "WARNING: no bridge network: job containers cannot publish ports"
-                say "engine ready on $SOCK (storage driver $d, network $n)"
-                host_line
-                return 0
-            fi
-            rm -f "$PIDFILE" "$SOCK"
+            for u in $usernses; do
+                if try_start "$d" "$n" "$u"; then
+                    printf 'storage_driver=%s\nnetwork=%s\nuserns=%s\n' "$d" "$n" "$u" >"$STATE_DIR/engine.env"
+                    [ "$n" = none ] && say "WARNING: no bridge network: job containers cannot publish ports"
+                    [ "$u" = off ] && say "WARNING: no user namespace remapping: container root is host root"
+                    say "engine ready on $SOCK (storage $d, network $n, userns $u)"
+                    host_line
+                    return 0
+                fi
+                rm -f "$PIDFILE" "$SOCK"
+            done
         done
     done
-    die "could not start dockerd (storage drivers: $drivers; networks: $nets); see $LOG"
+    die "could not start dockerd (storage: $drivers; network: $nets; userns: $usernses); see $LOG"
 }
 
 cmd_stop() {
