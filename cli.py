@@ -15,19 +15,29 @@ import logging
 import sys
 
 from node import __version__
-from node.errors import UserError
+from node.errors import UserError, find_user_error
 
-# Areas whose `commands` module registers CLI groups, in --help order.
-AREAS = [
-    "node.keys_commands",
-    "node.node_commands",
-    "node.popw.commands",
-    "node.chain.commands",
-    "node.consensus.commands",
-    "node.client.commands",
-    "node.explorer.commands",
-    "node.devnet_commands",
-]
+# Areas whose `commands` module registers CLI groups, in --help order, with the
+# top-level groups each one owns. Only the area of the command being run is imported
+# (start-up stays fast); --help, `bench` and unknown commands import them all.
+AREAS: dict[str, tuple[str, ...]] = {
+    "node.keys_commands": ("keys",),
+    "node.node_commands": ("node",),
+    "node.popw.commands": ("popw",),
+    "node.chain.commands": ("chain",),
+    "node.consensus.commands": ("sim",),
+    "node.client.commands": ("client",),
+    "node.explorer.commands": ("explorer",),
+    "node.devnet_commands": ("devnet", "soak"),
+}
+
+
+def _areas_for(argv: list[str]) -> list[str]:
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is None and "--version" in argv:
+        return []
+    chosen = [mod for mod, groups in AREAS.items() if command in groups]
+    return chosen or list(AREAS)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"kaisar: error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(areas: list[str] | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="kaisar", description="Kaisar decentralized GPU network node")
     parser.add_argument("--version", action="version", version=f"kaisar {__version__}")
     parser.add_argument(
@@ -47,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (JSON results, see docs/BENCHMARKS.md)")
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH", parser_class=_Parser)
     bench.set_defaults(func=lambda args: _need_sub(bench))
-    for name in AREAS:
+    for name in areas if areas is not None else list(AREAS):
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -67,7 +77,8 @@ def _need_sub(p: argparse.ArgumentParser) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_areas_for(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level),
@@ -84,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:  # trio nurseries wrap errors raised in tasks
+        exc = find_user_error(group)
+        if exc is None:
+            raise
+        print(f"kaisar: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,14 +16,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import coincurve
-from eth_account import Account
 from eth_keys import keys as eth_keys
 from eth_utils import keccak, to_checksum_address
-from libp2p.crypto.secp256k1 import Secp256k1PublicKey, create_new_key_pair
-from libp2p.crypto.keys import KeyPair
-from libp2p.peer.id import ID
+
+if TYPE_CHECKING:  # libp2p and eth_account are heavy imports; load them on first use
+    from libp2p.crypto.keys import KeyPair
+    from libp2p.peer.id import ID
 
 PASSWORD_ENV = "KAISAR_PASSWORD"
 MIN_PASSWORD_LEN = 8
@@ -71,10 +72,14 @@ class Identity:
     @property
     def keypair(self) -> KeyPair:
         """The libp2p key pair (same secret) for the host."""
+        from libp2p.crypto.secp256k1 import create_new_key_pair
+
         return create_new_key_pair(self.secret)
 
     @property
     def peer_id(self) -> ID:
+        from libp2p.peer.id import ID
+
         return ID.from_pubkey(self.keypair.public_key)
 
     @property
@@ -120,6 +125,8 @@ SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 def peer_id_to_address(peer_id: ID) -> str:
     """Map a secp256k1 libp2p peer ID to the Ethereum address of the same key."""
+    from libp2p.crypto.secp256k1 import Secp256k1PublicKey
+
     try:
         pub = peer_id.extract_public_key()
     except Exception as exc:  # identity multihash missing or not a key
@@ -149,8 +156,19 @@ def read_password(prompt: str = "Keystore password: ", *, confirm: bool = False)
     return pw
 
 
-def save_keystore(identity: Identity, path: Path, password: str, *, overwrite: bool = False) -> None:
-    """Write an encrypted keystore v3 file with mode 0600 (created that way, never widened)."""
+def save_keystore(
+    identity: Identity,
+    path: Path,
+    password: str,
+    *,
+    overwrite: bool = False,
+    scrypt_n: int | None = None,
+) -> None:
+    """Write an encrypted keystore v3 file with mode 0600 (created that way, never widened).
+
+    ``scrypt_n`` lowers the KDF cost for throwaway test and devnet keys only; real keys
+    use eth-account's default (2**18).
+    """
     if len(password) < MIN_PASSWORD_LEN:
         raise IdentityError(f"password must be at least {MIN_PASSWORD_LEN} characters")
     path = Path(path)
@@ -158,7 +176,9 @@ def save_keystore(identity: Identity, path: Path, password: str, *, overwrite: b
         raise IdentityError(f"{path} exists; refusing to overwrite a key")
     if not path.parent.exists():
         raise IdentityError(f"directory {path.parent} does not exist")
-    blob = Account.encrypt(identity.secret, password)
+    from eth_account import Account
+
+    blob = Account.encrypt(identity.secret, password, kdf="scrypt", iterations=scrypt_n)
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     fd = os.open(path, flags, 0o600)
     try:
@@ -182,6 +202,8 @@ def load_keystore(path: Path, password: str) -> Identity:
             raise ValueError
     except ValueError:
         raise IdentityError(f"{path} is not a keystore v3 JSON file") from None
+    from eth_account import Account
+
     try:
         secret = Account.decrypt(blob, password)
     except ValueError:

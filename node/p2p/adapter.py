@@ -17,10 +17,14 @@ covered by a test in tests/test_p2p_adapter.py that fails without it.
    peer (even local publishes) at 10 msg/s/topic and drops silently. We set degree,
    heartbeat and a per-peer rate high enough for the protocol's own traffic; our own
    validators (wire.decode) reject bad messages and count them.
+5. Log noise. ``kad_dht`` logs a WARNING "Failed to read DHT message from stream" each
+   time a remote closes a DHT stream after its query (the normal end of a query), so
+   that logger is raised to ERROR.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import libp2p.network.swarm as _swarm
@@ -48,6 +52,7 @@ def apply() -> None:
     _swarm._HAPPY_EYEBALLS_DELAY = DIAL_DELAY
     _pubsub.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_CHANNEL_SIZE
     _pubsub.RpcQueue = LargeRpcQueue  # type: ignore[misc]
+    logging.getLogger("libp2p.kad_dht.kad_dht").setLevel(logging.ERROR)
     _applied = True
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import multiaddr
 import trio
 from libp2p import new_host
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
@@ -33,7 +34,6 @@ from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
-from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.tools.anyio_service import background_trio_service
 
 from node import metrics, wire
@@ -140,6 +140,21 @@ class KaisarHost:
 
     @asynccontextmanager
     async def _running(self) -> AsyncIterator[KaisarHost]:
+        try:
+            async with self._serving() as host:
+                yield host
+        except BaseExceptionGroup as group:
+            # py-libp2p nests services in nurseries; surface our own error unwrapped.
+            match, _ = group.split(P2PError)
+            if match is None:
+                raise
+            leaf: BaseException = match
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            raise leaf from None
+
+    @asynccontextmanager
+    async def _serving(self) -> AsyncIterator[KaisarHost]:
         listen = [multiaddr.Multiaddr(a) for a in self.options.listen]
         async with self.host.run(listen_addrs=listen):
             if not self.host.get_addrs():
@@ -193,6 +208,13 @@ class KaisarHost:
                 raise P2PError(f"cannot connect to {info.peer_id}: {exc}") from None
         if scope.cancelled_caught:
             raise P2PError(f"timed out connecting to {info.peer_id}")
+        if self.dht is not None:
+            # KadDHT does not learn about connected peers by itself: feed the routing table.
+            with trio.move_on_after(DIAL_TIMEOUT):
+                try:
+                    await self.dht.add_peer(info.peer_id)
+                except Exception as exc:
+                    log.debug("event=dht_add_peer_failed peer=%s err=%s", info.peer_id, exc)
         return info.peer_id
 
     async def find_peer(self, peer_id: ID) -> PeerInfo | None:
