@@ -226,6 +226,6 @@ case "${1:-start}" in
     stop) cmd_stop ;;
     status) cmd_status ;;
     env) host_line ;;
-    -h | --help | help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' ;;
+    -h | --help | help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" ;;
     *) die "unknown command '$1' (start|stop|status|env)" ;;
 esac

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -253,12 +255,17 @@ class ContainerRuntime:
         self.startup_grace = startup_grace
         self._docker_host = docker_host
         self._client = client
+        self._client_lock = threading.Lock()  # first use may come from several threads
         self._job_locks: dict[int, trio.Lock] = {}
         self._log_limiter = trio.CapacityLimiter(MAX_LOG_STREAMS)
 
     # -- plumbing ---------------------------------------------------------------
 
     def _docker(self) -> docker.DockerClient:
+        with self._client_lock:
+            return self._client or self._connect()
+
+    def _connect(self) -> docker.DockerClient:
         if self._client is None:
             try:
                 if self._docker_host:
@@ -410,7 +417,7 @@ class ContainerRuntime:
         found = self._find(job_id)
         for c in found:
             if c.status in ("running", "restarting", "paused"):
-                c.stop(timeout=int(timeout))
+                c.stop(timeout=math.ceil(timeout))  # the API takes whole seconds
             c.reload()
         if found:
             log.info("event=container_stopped job=%s", job_id)
