@@ -8,6 +8,7 @@ so tests are independent and the contracts are compiled and deployed once.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -245,6 +246,33 @@ def world(world_session: World):
         yield world_session
     finally:
         world_session.chain.revert(snap)
+
+
+# CLI helpers --------------------------------------------------------------------
+
+PASSWORD = "test-password-123"
+
+
+def keystore(tmp_path, label="deployer"):
+    who = ident(label)
+    path = tmp_path / f"{label}.json"
+    path.write_text(json.dumps(Account.encrypt(who.secret, PASSWORD, kdf="pbkdf2", iterations=2)))
+    return who, path
+
+
+def run(capsys, *argv):
+    import cli
+
+    rc = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_error(rc, err, text):
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kaisar: error: "), err
+    assert text in lines[0], lines[0]
 
 
 # anvil --------------------------------------------------------------------------
