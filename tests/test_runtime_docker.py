@@ -15,6 +15,7 @@ from node.roles.provider.images import (
 from node.roles.provider.runtime import (
     LABEL_JOB,
     LABEL_NODE,
+    LABEL_PORT,
     ContainerError,
     ContainerRuntime,
     Limits,
@@ -131,7 +132,9 @@ async def test_security_policy_and_limits_applied(container_runtime, docker_clie
     assert "rootfs=ro" in out and "tmp=rw" in out
 
 
-async def test_failed_starts_leave_no_container(container_runtime, docker_client, runtime_node):
+async def test_failed_starts_leave_no_container(
+    container_runtime, docker_engine, docker_client, runtime_node
+):
     # The command does not exist: docker-init exits 127 right after start.
     with pytest.raises(ContainerError) as e:
         await container_runtime.start(21, BUSYBOX_IMAGE, 8000, limits=SMALL, command=["/nope"])
@@ -144,6 +147,11 @@ async def test_failed_starts_leave_no_container(container_runtime, docker_client
     with pytest.raises(ContainerError) as e:
         await container_runtime.start(23, "localhost:1/kaisar/none:latest", 80, limits=SMALL)
     assert e.value.reason == Reason.IMAGE_MISSING
+    offline = ContainerRuntime(runtime_node, docker_host=docker_engine.host, allow_pull=False)
+    with pytest.raises(ContainerError) as e:
+        await offline.start(24, "kaisar/not-built:latest", 80, limits=SMALL)
+    offline.close()
+    assert e.value.reason == Reason.IMAGE_MISSING and "pulling is disabled" in e.value.message
     assert labelled(docker_client, runtime_node) == []
     assert await container_runtime.status(21) is None
 
@@ -175,6 +183,10 @@ async def test_restart_adopts_live_jobs_and_removes_the_rest(
     await container_runtime.start(52, DEMO_HTTP_IMAGE, DEMO_HTTP_PORT, limits=SMALL)
     await container_runtime.start(53, DEMO_HTTP_IMAGE, DEMO_HTTP_PORT, limits=SMALL)
     await container_runtime.stop(53)
+    # A provider crash between create and start leaves a "created" container.
+    docker_client.containers.create(
+        BUSYBOX_IMAGE, labels={LABEL_NODE: runtime_node, LABEL_JOB: "55", LABEL_PORT: "8080"}
+    )
     # A foreign node's container on the same engine must be left alone.
     other = ContainerRuntime(runtime_node + "-other", docker_host=docker_engine.host)
     try:
@@ -182,7 +194,7 @@ async def test_restart_adopts_live_jobs_and_removes_the_rest(
 
         # The provider restarts: a fresh runtime, the same node address.
         restarted = ContainerRuntime(runtime_node, docker_host=docker_engine.host)
-        result = await restarted.adopt_or_cleanup({51, 53, 54})
+        result = await restarted.adopt_or_cleanup({51, 53, 54, 55})
         restarted.close()
 
         assert set(result.adopted) == {51}
@@ -191,8 +203,9 @@ async def test_restart_adopts_live_jobs_and_removes_the_rest(
         assert {(r.job_id, r.reason) for r in result.removed} == {
             (52, "job ended"),
             (53, "state exited"),
+            (55, "state created"),
         }
-        assert result.missing == {53, 54}
+        assert result.missing == {53, 54, 55}
         assert "kaisar-demo-http" in await http_get(live.host_port)
         assert [c.id for c in labelled(docker_client, runtime_node)] == [live.container_id]
         assert (await other.status(51)).container_id == foreign.container_id
