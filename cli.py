@@ -23,6 +23,7 @@ from node.errors import UserError, find_user_error
 AREAS: dict[str, tuple[str, ...]] = {
     "node.keys_commands": ("keys",),
     "node.node_commands": ("node",),
+    "node.p2p.commands": (),
     "node.popw.commands": ("popw",),
     "node.chain.commands": ("chain",),
     "node.consensus.commands": ("sim",),

@@ -8,6 +8,8 @@ from node.devnet import start_network
 
 os.environ.setdefault("KAISAR_PASSWORD", "test-password-123")
 
+pytest_plugins = ["docker_fixtures"]
+
 
 @pytest.fixture
 async def net3():
