@@ -87,3 +87,14 @@ def test_keystore_bad_files(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(IdentityError, match="keystore"):
         load_keystore(bad, "x" * 8)
+
+
+def test_unrecoverable_signature_is_value_error():
+    # r = 1 with v = 27 is not a point on the curve: eth_keys raises BadSignature, which
+    # must surface as ValueError (found by the wire mutation fuzzer).
+    sig = (1).to_bytes(32, "big") + (1).to_bytes(32, "big") + b"\x1b"
+    for digest in (b"\x00" * 32, b"\x01" * 32, os.urandom(32)):
+        try:
+            recover_address(digest, sig)
+        except ValueError:
+            pass

@@ -23,7 +23,17 @@ covered by a test in tests/test_p2p_adapter.py that fails without it.
    costs up to 10 ms. We raise the sender-side frame cap to 1 MiB (frames still never
    exceed the peer's advertised window, so any yamux peer accepts them) and shorten
    that poll to 1 ms through a proxy of the ``trio`` module seen by yamux only.
-6. Log noise. ``kad_dht`` logs a WARNING "Failed to read DHT message from stream" each
+6. Connection manager. ``ConnectionConfig`` defaults keep >= 50 connections and
+   auto-dial every peer in the peerstore up to 100 (a full mesh in any devnet), each
+   connection with its own identify, pubsub stream and yamux keep-alive traffic. We keep
+   a small set (a GossipSub mesh needs ~D peers; routing uses the DHT).
+7. Pubsub message ids and signing. Upstream ids are (from, seqno) and every message
+   carries a second libp2p signature. Our envelopes are already signed (EIP-712) and
+   the validator binds the signer to the publishing peer, so ids are the hash of the
+   payload (an attacker cannot pre-empt an honest message's id, and re-published
+   identical bytes are deduplicated before validation) and libp2p's own signature is
+   off (one secp256k1 verify less per delivery).
+8. Log noise. ``kad_dht`` logs a WARNING "Failed to read DHT message from stream" each
    time a remote closes a DHT stream after its query (the normal end of a query), so
    that logger is raised to ERROR.
 """
@@ -102,6 +112,35 @@ def revert_for_tests() -> None:
     _pubsub.RpcQueue = _RpcQueue  # type: ignore[misc]
     _yamux.MAX_MESSAGE_SIZE = _YAMUX_UPSTREAM_FRAME
     _yamux.trio = trio  # type: ignore[attr-defined]
+
+
+CONNECTIONS_LOW = 8
+CONNECTIONS_HIGH = 64
+
+
+def connection_config():
+    from libp2p.network.config import ConnectionConfig
+
+    return ConnectionConfig(
+        min_connections=CONNECTIONS_LOW,
+        low_watermark=CONNECTIONS_LOW,
+        high_watermark=CONNECTIONS_HIGH,
+        max_connections=CONNECTIONS_HIGH * 2,
+    )
+
+
+def content_msg_id(msg) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(msg.data).digest()
+
+
+def pubsub_kwargs() -> dict:
+    return {
+        "max_inbound_rpc_size": 1 << 20,
+        "strict_signing": False,
+        "msg_id_constructor": content_msg_id,
+    }
 
 
 @dataclass(frozen=True)

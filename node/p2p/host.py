@@ -107,11 +107,12 @@ class KaisarHost:
             },
             muxer_preference="YAMUX",
             listen_addrs=[multiaddr.Multiaddr(a) for a in options.listen],
+            connection_config=adapter.connection_config(),
         )
         self.gossipsub = GossipSub(
             protocols=GOSSIPSUB_PROTOCOLS, **adapter.gossipsub_kwargs(options.gossip)
         )
-        self.pubsub = Pubsub(self.host, self.gossipsub, max_inbound_rpc_size=1 << 20)
+        self.pubsub = Pubsub(self.host, self.gossipsub, **adapter.pubsub_kwargs())
         self.dht: KadDHT | None = None
         self._nursery: trio.Nursery | None = None
         self._decoded: dict[bytes, wire.Envelope] = {}
