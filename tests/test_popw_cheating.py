@@ -8,11 +8,12 @@ import random
 
 import pytest
 
-from node.popw.challenge import Challenge, new_challenge
+from node.popw.challenge import Challenge, PopwError, new_challenge
 from node.popw.classes import GpuClass, PopwPolicy, challenge_for
 from node.popw.prover import Prover
 from node.popw.testing import (
     ForgedProofProver,
+    LastStepLazyProver,
     LazyProver,
     ReplayProver,
     SkippingProver,
@@ -87,6 +88,36 @@ def test_lazy_prover_with_made_up_proofs_fails():
     assert v.status == FAIL and "Merkle proof" in v.reason
 
 
+def test_on_demand_last_step_with_forged_proof_fails():
+    # rule: merkle.is_valid_proof(cur) (the previous-row proof is genuine here)
+    caught = 0
+    for seed in range(10):
+        v = check(LastStepLazyProver(), new_challenge(32, 2, GENEROUS), seed=seed)
+        caught += v.status == FAIL
+        assert v.status == FAIL or v.status == PASS
+    assert caught >= 9  # each opening hits the last step with probability 1/2
+
+
+def test_unreduced_previous_row_fails():
+    # rule: committed rows are reduced (entries in [-2, 2]). Row 5 of step 1 is committed
+    # with +5 on one entry: same residue, so step 2 still recomputes equal; only the rule
+    # catches the opening (2, 5).
+    from node.popw.backends import NumpyBackend
+    from node.popw.testing import TamperingBackend
+    from node.popw.verifier import check_openings
+
+    def tamper(index, rows):
+        if index == 1:
+            rows[5, 0] += 5
+        return rows
+
+    ch = new_challenge(32, 3, GENEROUS)
+    prover = Prover(TamperingBackend(NumpyBackend(), tamper))
+    commit = prover.commit(ch)
+    with pytest.raises(PopwError, match="not reduced"):
+        check_openings(ch, commit, [(2, 5)], prover.open(ch.id, [(2, 5)]))
+
+
 def test_forged_proof_for_another_row_fails():
     # rule: the Merkle path is checked at the requested index
     v = check(ForgedProofProver(), new_challenge(32, 4, GENEROUS))
@@ -143,3 +174,31 @@ def test_openings_are_drawn_from_the_checker_randomness_only():
     b = draw_openings(ch, K, random.Random(2))
     assert a != b and all(1 <= c <= 8 and 0 <= j < 64 for c, j in a)
     assert len(draw_openings(ch, K)) == K  # system randomness by default
+
+
+def test_commit_with_missing_roots_fails():
+    # rule: one root per committed step (a prover that stopped early)
+    from dataclasses import replace
+
+    from node.popw.verifier import check_commit
+
+    ch = new_challenge(32, 4, GENEROUS)
+    commit = Prover().commit(ch)
+    with pytest.raises(PopwError, match="wrong number of roots"):
+        check_commit(ch, replace(commit, roots=commit.roots[:-1]))
+
+
+def test_short_rows_fail():
+    # rule: opened rows are exactly n entries
+    from dataclasses import replace
+
+    from node.popw.verifier import check_openings
+
+    ch = new_challenge(32, 2, GENEROUS)
+    prover = Prover()
+    commit = prover.commit(ch)
+    [op] = prover.open(ch.id, [(1, 3)])
+    with pytest.raises(PopwError, match="wrong length"):
+        check_openings(ch, commit, [(1, 3)], [replace(op, cur=op.cur[:-1])])
+    with pytest.raises(PopwError, match="does not answer"):
+        check_openings(ch, commit, [(1, 4)], [op])

@@ -154,7 +154,7 @@ async def test_responder_rejects_a_bad_challenge_without_computing():
 
 async def test_responder_refuses_challenges_above_its_limits():
     checker_end, provider_end = memory_pair()
-    ch = new_challenge(4096, 512, GENEROUS)  # 8 GiB of kept rows
+    ch = new_challenge(4096, 1024, GENEROUS)  # 16 GiB of kept rows
     await checker_end.send(protocol.encode_challenge(ch))
     with pytest.raises(PopwError, match="memory"):
         await protocol.respond_popw(provider_end, Prover())

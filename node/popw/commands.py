@@ -10,6 +10,7 @@ from typing import Any
 
 from node.errors import UserError
 from node.popw.backends import best_backend
+from node.popw.challenge import MAX_N, MIN_N, PopwError, is_power_of_two
 from node.popw.classes import ClassTable, GpuClass, challenge_for, load_table, qualifying_class
 from node.popw.inventory import Inventory, read_inventory
 from node.popw.prover import Prover
@@ -123,6 +124,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UserError(
             f"--sizes must be integers separated by commas, got {args.sizes!r}"
         ) from None
+    if not all(is_power_of_two(n) and MIN_N <= n <= MAX_N for n in sizes):
+        raise UserError(f"--sizes must be powers of two in [{MIN_N}, {MAX_N}], got {args.sizes!r}")
     if args.reps < 1 or args.committee < 1 or args.epoch_seconds <= 0:
         raise UserError("--reps and --committee must be >= 1, --epoch-seconds > 0")
     try:
@@ -130,7 +133,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             load_table(args.classes), sizes=sizes, reps=args.reps,
             epoch_seconds=args.epoch_seconds, committee=args.committee,
         )  # fmt: skip
-    except ValueError as exc:
+    except (ValueError, PopwError) as exc:
         raise UserError(str(exc)) from None
     if args.json:
         print(json.dumps(result))

@@ -34,7 +34,7 @@ def leaf_hashes(rows_int8: np.ndarray) -> list[bytes]:
     """Leaf hash of every row of a C-contiguous int8 matrix."""
     assert rows_int8.dtype == np.int8 and rows_int8.flags.c_contiguous
     n, m = rows_int8.shape
-    mv = memoryview(rows_int8.reshape(-1))
+    mv = memoryview(rows_int8.reshape(-1).data)
     return [hash_leaf(mv[j * m : (j + 1) * m]) for j in range(n)]
 
 

@@ -270,7 +270,8 @@ class ResponderLimits:
     """What a provider agrees to compute for one challenge (memory for the kept steps)."""
 
     max_n: int = 8192
-    max_store_bytes: int = 4 << 30  # commits * n^2 int8 rows kept until the openings
+    # commits * n^2 int8 rows kept until the openings; the h100 class needs 7.1 GiB
+    max_store_bytes: int = 8 << 30
 
 
 BusyPolicy = Callable[[Challenge], float | None]  # None: answer; seconds: busy, retry after

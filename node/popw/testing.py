@@ -151,3 +151,30 @@ class WrongIdProver(Prover):
 
     def commit(self, ch: Challenge) -> Commitment:
         return replace(super().commit(ch), id=os.urandom(32))
+
+
+class LastStepLazyProver(Prover):
+    """Computes every step but the last, commits a random root for it, and when the last
+    step is opened computes that one row on demand (correct value) under a made-up proof.
+    Only the Merkle check of the opened row itself catches this one."""
+
+    def commit(self, ch: Challenge) -> Commitment:
+        honest = super().commit(ch)
+        return replace(honest, roots=[*honest.roots[:-1], os.urandom(32)])
+
+    def open(self, challenge_id: bytes, requests: list[tuple[int, int]]) -> list[Opening]:
+        ch = self._challenge
+        assert ch is not None
+        b = prg.matrix(ch.seed, b"B", ch.n)
+        out = []
+        for op in super().open(challenge_id, requests):
+            if op.commit == ch.commits:
+                x = np.frombuffer(op.prev, np.int8).astype(np.float32)[None, :]
+                if op.commit == 1:
+                    x = prg.matrix_rows(ch.seed, b"A", ch.n, [op.row])
+                for _ in range(ch.stride):
+                    x = centred_reduce(x @ b)
+                fake = [os.urandom(32) for _ in range(ch.depth)]
+                op = replace(op, cur=x.astype(np.int8)[0].tobytes(), proof=fake)
+            out.append(op)
+        return out
