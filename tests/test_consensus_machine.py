@@ -301,3 +301,45 @@ def test_vote_is_recorded_before_it_is_returned(tmp_path):
     with pytest.raises(OSError):
         m.on_vote(sign_assign_vote(leader0, DOMAIN, 42, 0, P1))
     assert m.jobs[42].lock.provider is None
+
+
+@given(st.randoms(use_true_random=False), st.integers(0, 5))
+@settings(max_examples=40, deadline=None)
+def test_any_delivery_order_gives_one_provider(rnd, job_id):
+    """3 honest machines + a Byzantine checker that signs every provider in rounds 0-2,
+    messages delivered in an arbitrary order with arbitrary drops and timeouts: every
+    decision names the same provider."""
+    ms, checkers = machines(4)
+    byz = ms[3].identity
+    honest = ms[:3]
+    queue: list[tuple[int, object]] = []
+    for r in range(3):
+        for p in (P1, P2, P3):
+            v = sign_assign_vote(byz, DOMAIN, job_id, r, p)
+            queue += [(k, v) for k in range(3)]
+    decisions = set()
+
+    def push(k, outs):
+        for o in outs:
+            if isinstance(o, Broadcast):
+                queue.extend((j, o.message) for j in range(3) if j != k)
+            elif isinstance(o, Decided):
+                decisions.add(o.qc.provider)
+                assert is_valid_assign_qc(DOMAIN, checkers, o.qc)
+
+    for k, m in enumerate(honest):
+        push(k, m.on_job(JobSpec(job_id, "A100", 1, 1000), PROVIDERS, 0))
+    steps = 0
+    while queue and steps < 400:
+        steps += 1
+        k, msg = queue.pop(rnd.randrange(len(queue)))
+        if rnd.random() < 0.2:
+            continue  # dropped
+        m = honest[k]
+        push(k, m.on_vote(msg) if isinstance(msg, SignedAssignVote) else m.on_qc(msg))
+        if rnd.random() < 0.1:  # somebody's round timer fires
+            j = rnd.randrange(3)
+            job = honest[j].jobs.get(job_id)
+            if job is not None:
+                push(j, honest[j].on_timeout(job_id, job.round))
+    assert len(decisions) <= 1

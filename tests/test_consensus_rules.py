@@ -303,3 +303,13 @@ def test_popw_evidence():
     ev = pool.add_popw(sign_popw_vote(IDS[1], DOMAIN, 3, PROVIDER, VERDICT_FAIL, cls))
     assert ev is not None and ev.kind == KIND_POPW
     verify_evidence(DOMAIN, ev)
+
+
+def test_popw_vote_rule():
+    cls = gpu_class_id("A100")
+    assert committees.may_sign_popw_vote(None, VERDICT_PASS, cls)
+    assert committees.may_sign_popw_vote((VERDICT_PASS, cls), VERDICT_PASS, cls)
+    assert not committees.may_sign_popw_vote((VERDICT_PASS, cls), VERDICT_FAIL, cls)
+    assert not committees.may_sign_popw_vote(
+        (VERDICT_PASS, cls), VERDICT_PASS, gpu_class_id("H100")
+    )

@@ -30,3 +30,9 @@ def is_committee_member(
     checkers: CheckerSet, seed: bytes, provider: str, checker: str, size: int = COMMITTEE_SIZE
 ) -> bool:
     return checker in get_popw_committee(checkers, seed, provider, size)
+
+
+def may_sign_popw_vote(previous: tuple[int, bytes] | None, verdict: int, gpu_class: bytes) -> bool:
+    """At most one (verdict, class) per (epoch, provider): ``previous`` is what this
+    checker already signed for that subject (``VoteStore.popw_vote``), if anything."""
+    return previous is None or previous == (verdict, gpu_class)

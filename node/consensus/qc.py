@@ -22,6 +22,7 @@ from eth_keys.exceptions import BadSignature
 from node.consensus import votes
 from node.consensus.checkers import CheckerSet
 from node.eip712 import Domain
+from node.identity import Identity
 
 # A quorum is >= QUORUM_NUMERATOR / QUORUM_DENOMINATOR of the relevant stake.
 QUORUM_NUMERATOR = 2
@@ -96,7 +97,7 @@ class AssignQC:
 
 
 def sign_assign_vote(
-    identity, domain: Domain, job_id: int, round_: int, provider: str
+    identity: Identity, domain: Domain, job_id: int, round_: int, provider: str
 ) -> SignedAssignVote:
     digest = assign_digest(domain, job_id, round_, provider)
     return SignedAssignVote(
@@ -212,7 +213,7 @@ VERDICTS = (votes.VERDICT_PASS, votes.VERDICT_FAIL, votes.VERDICT_LATE)
 
 
 def sign_popw_vote(
-    identity, domain: Domain, epoch: int, provider: str, verdict: int, gpu_class: bytes
+    identity: Identity, domain: Domain, epoch: int, provider: str, verdict: int, gpu_class: bytes
 ) -> SignedPopwVote:
     digest = popw_digest(domain, epoch, provider, verdict, gpu_class)
     return SignedPopwVote(
