@@ -103,3 +103,17 @@ def test_check_embedded_refused(capsys, world, tmp_path):
 def test_chain_group_without_command(capsys):
     rc, _, err = run(capsys, "chain")
     assert rc == 2 and "deploy" in err
+
+
+def test_bench_chain_gas_covers_every_function(capsys):
+    from node.chain.compile import compile_all
+
+    rc, out, err = run(capsys, "bench", "chain-gas")
+    assert rc == 0, err
+    gas = json.loads(out)
+    measured = {k.split(" ")[0] for k in gas}
+    for name, art in compile_all().items():
+        for item in art.abi:
+            if item["type"] == "function" and item["stateMutability"] in ("nonpayable", "payable"):
+                assert f"{name}.{item['name']}" in measured, f"{name}.{item['name']} not measured"
+    assert all(0 < v < 1_000_000 for v in gas.values())

@@ -362,3 +362,20 @@ def test_constructor_checks(world):
         h.deploy(world.admin, "Staking", world.dep.license, 0, 1, 1, 1)
     with reverts("bps > 10000"):
         h.deploy(world.admin, "Staking", world.dep.license, 1, 1, 10001, 1)
+
+
+def test_checker_set_is_bounded(world):
+    h, admin, op = world.h, world.admin, world.outsider
+    lic = h.contract("License", h.deploy(admin, "License", 0, 100))
+    st = h.contract("Staking", h.deploy(admin, "Staking", lic.address, 1, 1, 5000, 0))
+    h.tx(op, lic.functions.setApprovalForAll(st.address, True))
+    for i in range(65):
+        h.tx(admin, lic.functions.admin_mint(op.address), gas=200_000)
+        fn = st.functions.register(i + 1, ident(f"bounded{i}").address)
+        if i < 64:
+            h.tx(op, fn, value=1, gas=400_000)  # explicit gas: skip eth-tester's slow estimate
+        else:
+            with reverts("checker set full"):
+                h.tx(op, fn, value=1)
+    keys, stakes = h.call(st.functions.active_checkers())
+    assert len(keys) == 64 and sum(stakes) == 64 == h.call(st.functions.total_active_stake())

@@ -47,6 +47,7 @@ RECEIPT_POLL = 0.05  # seconds between receipt polls (embedded mines instantly)
 RESEND_AFTER = 15.0  # re-broadcast a transaction the node no longer knows
 RECEIPT_TIMEOUT = 120.0
 MAX_RESENDS = 3
+EMBEDDED_GAS = 5_000_000  # per transaction on the embedded chain (block limit 30M)
 
 
 def revert_reason(exc: BaseException) -> str | None:
@@ -258,6 +259,11 @@ class Sender:
             if gas is None:
                 tx["gas"] = await self._estimate(tx, name)
         else:
+            if gas is None and c.embedded is not None and hasattr(fn, "call"):
+                # eth-tester estimates by binary search (~20 executions); one call
+                # surfaces the revert reason and a fixed limit does the rest.
+                await self._dry_run(fn, value, name)
+                gas = EMBEDDED_GAS
             if gas is not None:
                 base["gas"] = gas
             try:
@@ -285,6 +291,16 @@ class Sender:
         if receipt["status"] != 1:
             raise ChainRevert(await self._replay_reason(tx, receipt), function=name)
         return receipt
+
+    async def _dry_run(self, fn: Any, value: int, name: str) -> None:
+        try:
+            await self.client.run(lambda: fn.call({"from": self.address, "value": value}))
+        except ChainRevert as exc:
+            raise ChainRevert(exc.reason, function=name) from None
+        except Exception as exc:
+            if _is_insufficient_funds(exc):
+                raise InsufficientFunds(self._funds_message(value)) from None
+            raise
 
     async def _fees(self) -> dict:
         block = await self.client.get_block("latest")

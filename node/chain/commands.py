@@ -66,6 +66,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     chk.set_defaults(func=cmd_check)
 
 
+def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
+    b = bench_subparsers.add_parser("chain-gas", help="gas used per contract function (JSON)")
+    b.set_defaults(func=cmd_bench_gas)
+
+
+def cmd_bench_gas(args: argparse.Namespace) -> int:
+    from node.chain.gasreport import json_report
+
+    print(json_report())
+    return 0
+
+
 def _load_key(path: Path) -> Identity:
     try:
         return load_keystore(path, read_password())
@@ -166,4 +178,4 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["register", "cmd_deploy", "cmd_check", "check_deploy_funds"]
+__all__ = ["register", "register_bench", "cmd_deploy", "cmd_check", "check_deploy_funds"]

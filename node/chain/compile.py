@@ -17,6 +17,9 @@ from pathlib import Path
 
 CONTRACTS_DIR = Path(__file__).parent / "contracts"
 CONTRACT_NAMES = ("License", "Staking", "Escrow", "Rewards")
+# Cancun: transient storage for @nonreentrant and MCOPY, nothing newer, so the same
+# bytecode runs on py-evm, anvil and any post-Dencun chain.
+EVM_VERSION = "cancun"
 
 
 @dataclass(frozen=True)
@@ -46,14 +49,21 @@ def compile_source(name: str, source: str) -> Artifact:
     import vyper
 
     shash = source_hash(source)
-    key = hashlib.sha256(f"{vyper.__version__}\0{source}".encode()).hexdigest()
+    from vyper.compiler.settings import Settings
+
+    key = hashlib.sha256(f"{vyper.__version__}\0{EVM_VERSION}\0{source}".encode()).hexdigest()
     path = cache_dir() / "vyper" / f"{name}-{key[:32]}.json"
     try:
         blob = json.loads(path.read_text())
         return Artifact(name, blob["abi"], blob["bytecode"], shash)
     except (OSError, ValueError, KeyError):
         pass
-    out = vyper.compile_code(source, output_formats=["abi", "bytecode"])
+    out = vyper.compile_code(
+        source,
+        contract_path=f"{name}.vy",
+        output_formats=["abi", "bytecode"],
+        settings=Settings(evm_version=EVM_VERSION),
+    )
     art = Artifact(name, out["abi"], out["bytecode"], shash)
     _write_atomic(path, json.dumps({"abi": art.abi, "bytecode": art.bytecode}))
     return art

@@ -89,6 +89,7 @@ checkers: public(HashMap[address, Checker])
 active: DynArray[address, MAX_CHECKERS]
 active_index: HashMap[address, uint256]  # position + 1 in `active`, 0 = absent
 total_active_stake: public(uint256)
+counted: HashMap[address, uint256]  # stake of each checker included in total_active_stake
 evidence_used: public(HashMap[bytes32, bool])
 slashed_total: public(uint256)
 
@@ -223,14 +224,6 @@ def checker_count() -> uint256:
 
 
 @internal
-def _recount():
-    total: uint256 = 0
-    for key: address in self.active:
-        total += self.checkers[key].stake
-    self.total_active_stake = total
-
-
-@internal
 def _sync(node_key: address):
     """Put the checker in or out of the active set after any change."""
     c: Checker = self.checkers[node_key]
@@ -246,7 +239,10 @@ def _sync(node_key: address):
             self.active[idx - 1] = last
             self.active_index[last] = idx
         self.active_index[node_key] = 0
-    self._recount()
+    # total_active_stake == sum of `counted`, and counted == stake exactly while active
+    counted: uint256 = c.stake if should else 0
+    self.total_active_stake = self.total_active_stake - self.counted[node_key] + counted
+    self.counted[node_key] = counted
     log CheckerSetChanged(node_key=node_key, active=should, total_active_stake=self.total_active_stake)
 
 
