@@ -196,3 +196,19 @@ async def test_connect_embedded():
     c = ChainClient.connect("embedded")
     assert c.embedded is not None and c.chain_id == await c.run(lambda: c.w3.eth.chain_id)
     assert KaisarChain  # facade importable without a deployment
+
+
+async def test_genesis_embedded_chain():
+    from node.chain.genesis import GenesisChecker, start_embedded
+
+    keys = [ident(f"genesis{i}") for i in range(3)]
+    dev = await start_embedded(
+        [GenesisChecker(k, k.address, ETHER * (i + 1)) for i, k in enumerate(keys)]
+    )
+    cs = await dev.chain.active_checkers()
+    assert cs.node_keys == tuple(k.address for k in keys) and cs.total_stake == 6 * ETHER
+    await verify_deployment(dev.client, dev.deployment)
+    user = ident("genesis-user")
+    await dev.fund(user.address)
+    assert await dev.client.balance(user.address) == 100 * ETHER
+    assert await dev.client.call(dev.chain.rewards.functions.pool()) == 100 * ETHER

@@ -116,6 +116,12 @@ class KaisarChain:
         ev = self.license.events.Transfer().process_receipt(receipt, errors=DISCARD)
         return int(ev[0]["args"]["tokenId"])
 
+    async def mint_license(self, admin: Identity, to: str) -> int:
+        """Admin mints a license to ``to`` (devnet genesis); returns the token id."""
+        receipt = await self.client.transact(admin, self.license.functions.admin_mint(to))
+        ev = self.license.events.Transfer().process_receipt(receipt, errors=DISCARD)
+        return int(ev[0]["args"]["tokenId"])
+
     async def register_checker(
         self, operator: Identity, token_id: int, node_key: str, stake: int
     ) -> Any:

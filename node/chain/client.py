@@ -99,20 +99,17 @@ class ChainClient:
 
     @classmethod
     def connect(cls, rpc: str, *, timeout: float = 10.0) -> ChainClient:
-        """``embedded`` (a fresh in-process chain) or an http(s):// / ws(s):// URL.
+        """``embedded`` (a fresh in-process chain) or an http(s):// JSON-RPC URL.
 
         Checks the endpoint answers (chain id) and raises ChainUnavailable otherwise.
         """
         if rpc == EMBEDDED:
             return cls.from_embedded(EmbeddedChain())
-        if rpc.startswith(("http://", "https://")):
-            w3 = Web3(Web3.HTTPProvider(rpc, request_kwargs={"timeout": timeout}))
-        elif rpc.startswith(("ws://", "wss://")):
-            w3 = Web3(Web3.LegacyWebSocketProvider(rpc, websocket_timeout=timeout))
-        else:
+        if not rpc.startswith(("http://", "https://")):
             raise ChainUnavailable(
-                f"unsupported RPC URL {rpc!r}: use http(s)://, ws(s):// or 'embedded'"
+                f"unsupported RPC URL {rpc!r}: use http(s)://host:port or 'embedded'"
             )
+        w3 = Web3(Web3.HTTPProvider(rpc, request_kwargs={"timeout": timeout}))
         client = cls(w3, url=rpc)
         try:
             client._chain_id = int(w3.eth.chain_id)
@@ -275,7 +272,7 @@ class Sender:
                     raise InsufficientFunds(self._funds_message(value)) from None
                 raise
             if gas is None:
-                tx["gas"] = int(tx["gas"] * GAS_MARGIN)
+                tx["gas"] = int(int(tx["gas"]) * GAS_MARGIN)  # type: ignore[call-overload]
         await self._check_funds(tx)
         raw = self._account.sign_transaction(tx).raw_transaction
         txhash = await self._broadcast(raw)

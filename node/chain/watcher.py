@@ -109,7 +109,7 @@ class EventWatcher:
         self,
         send: trio.MemorySendChannel,
         *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Poll forever, sending each event; closes ``send`` when cancelled."""
         async with send:
