@@ -25,7 +25,7 @@ from chain_fixtures import (  # noqa: E402
 from node.chain.api import JOB_ASSIGNED, KaisarChain  # noqa: E402
 from node.chain.client import ChainClient  # noqa: E402
 from node.chain.deploy import Deployment, deploy_all, verify_deployment  # noqa: E402
-from node.chain.errors import ChainRevert, DeploymentMismatch  # noqa: E402
+from node.chain.errors import ChainError, ChainRevert, DeploymentMismatch  # noqa: E402
 from node.chain.watcher import EventWatcher  # noqa: E402
 from node.consensus import votes  # noqa: E402
 from node.identity import Identity  # noqa: E402
@@ -125,3 +125,35 @@ async def test_protocol_on_anvil(anvil):
     wrong = Deployment(**{**dep.__dict__, "chain_id": 1})
     with pytest.raises(DeploymentMismatch):
         await verify_deployment(client, wrong)
+
+
+async def test_dropped_transaction_is_rebroadcast(anvil):
+    client = ChainClient.connect(anvil)
+    rpc = client.w3.provider.make_request
+    sender = client.sender(FAUCET)
+    sender.resend_after = 0.3
+    target = ident("drop-target").address
+    await client.run(rpc, "evm_setAutomine", [False])
+    async with trio.open_nursery() as nursery:
+        result = {}
+
+        async def send():
+            result["receipt"] = await client.send_value(FAUCET, target, 12345)
+
+        nursery.start_soon(send)
+        with trio.fail_after(10):  # wait until it sits in the pool, then drop it
+            while (await client.run(rpc, "txpool_status", []))["result"]["pending"] in (0, "0x0"):
+                await trio.sleep(0.02)
+        await client.run(rpc, "anvil_dropAllTransactions", [])
+        await client.run(rpc, "evm_setAutomine", [True])
+    assert result["receipt"]["status"] == 1 and sender.resends >= 1
+    assert await client.balance(target) == 12345
+
+
+async def test_receipt_timeout_is_a_clear_error(anvil):
+    client = ChainClient.connect(anvil)
+    await client.run(client.w3.provider.make_request, "evm_setAutomine", [False])
+    sender = client.sender(FAUCET)
+    sender.receipt_timeout = 0.5
+    with pytest.raises(ChainError, match="is the node mining"):
+        await client.send_value(FAUCET, ident("never").address, 1)

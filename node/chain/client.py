@@ -222,6 +222,9 @@ class Sender:
         self._account = Account.from_key(identity.secret)
         self._lock = trio.Lock()
         self._nonce: int | None = None
+        self.resend_after = RESEND_AFTER
+        self.receipt_timeout = RECEIPT_TIMEOUT
+        self.resends = 0  # re-broadcasts so far (metrics, tests)
 
     async def send(
         self, fn: Any, *, to: str | None = None, value: int = 0, gas: int | None = None
@@ -343,31 +346,40 @@ class Sender:
 
     async def _wait(self, txhash: bytes, raw: bytes) -> Any:
         """Poll for the receipt; re-broadcast when the node forgot the transaction."""
+        try:
+            with trio.fail_after(self.receipt_timeout):
+                return await self._poll_receipt(txhash, raw)
+        except trio.TooSlowError:
+            raise ChainError(
+                f"no receipt for transaction 0x{txhash.hex()} after {self.receipt_timeout:.0f} s "
+                f"from {self.client.url}: is the node mining?"
+            ) from None
+
+    async def _poll_receipt(self, txhash: bytes, raw: bytes) -> Any:
         c = self.client
         resends = 0
-        with trio.fail_after(RECEIPT_TIMEOUT) if RECEIPT_TIMEOUT else nullcontext():
-            last_seen = trio.current_time()
-            while True:
+        last_seen = trio.current_time()
+        while True:
+            try:
+                return await c.run(c.w3.eth.get_transaction_receipt, txhash)
+            except TransactionNotFound:
+                pass
+            if trio.current_time() - last_seen > self.resend_after:
                 try:
-                    return await c.run(c.w3.eth.get_transaction_receipt, txhash)
+                    await c.run(c.w3.eth.get_transaction, txhash)
                 except TransactionNotFound:
-                    pass
-                if trio.current_time() - last_seen > RESEND_AFTER:
-                    known = True
-                    try:
-                        await c.run(c.w3.eth.get_transaction, txhash)
-                    except TransactionNotFound:
-                        known = False
-                    if not known:
-                        if resends >= MAX_RESENDS:
-                            raise ChainError(f"transaction {txhash.hex()} dropped {resends} times")
-                        resends += 1
-                        log.warning(
-                            "tx dropped, resending hash=%s attempt=%d", txhash.hex(), resends
-                        )
-                        await self._broadcast(raw)
-                    last_seen = trio.current_time()
-                await trio.sleep(RECEIPT_POLL)
+                    # Dropped from the pool (eviction, node restart): same bytes, same
+                    # nonce, so re-broadcasting can never double-spend.
+                    if resends >= MAX_RESENDS:
+                        raise ChainError(
+                            f"transaction 0x{txhash.hex()} dropped {resends} times by {c.url}"
+                        ) from None
+                    resends += 1
+                    self.resends += 1
+                    log.warning("tx dropped, resending hash=0x%s attempt=%d", txhash.hex(), resends)
+                    await self._broadcast(raw)
+                last_seen = trio.current_time()
+            await trio.sleep(RECEIPT_POLL)
 
     async def _replay_reason(self, tx: dict, receipt: Any) -> str:
         """Why a mined transaction failed: re-run it as a call on the block before."""
