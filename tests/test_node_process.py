@@ -72,12 +72,13 @@ def test_three_processes_gossip_and_stop_cleanly(tmp_path):
             for j, key in enumerate(keys):
                 if i != j:
                     wait_for_log(log, f"address={key['address']}")
+        # each node stops within 2 s of its own SIGTERM (one at a time, so the
+        # others' shutdown does not share the measurement)
         for p in procs:
+            t = time.monotonic()
             p.send_signal(signal.SIGTERM)
-        t = time.monotonic()
-        for p in procs:
             assert p.wait(timeout=10) == 0
-        assert time.monotonic() - t < 2.0
+            assert time.monotonic() - t < 2.0
         for log in logs:
             text = log.read_text()
             assert "event=shutdown signal=SIGTERM" in text
