@@ -212,3 +212,32 @@ async def test_genesis_embedded_chain():
     await dev.fund(user.address)
     assert await dev.client.balance(user.address) == 100 * ETHER
     assert await dev.client.call(dev.chain.rewards.functions.pool()) == 100 * ETHER
+
+
+async def test_watcher_catches_up_in_bounded_ranges(world):
+    kc = world.kc
+    start = await kc.client.block_number() + 1
+    ids = [world.create_job(duration=10 + i) for i in range(5)]
+    world.chain.mine(3)
+    w = EventWatcher(kc.client, [kc.escrow], from_block=start, max_range=2, reorg_depth=2)
+    seen = []
+    for _ in range(10):
+        seen += [e.args["job_id"] for e in await w.poll()]
+        if w.caught_up:
+            break
+    assert seen == ids and w.caught_up
+
+
+async def test_watcher_survives_unreachable_rpc(caplog):
+    from chain_fixtures import _free_port
+    from web3 import Web3
+
+    url = f"http://127.0.0.1:{_free_port()}"
+    client = ChainClient(Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 1})), url=url)
+    w = EventWatcher(client, [], poll_interval=0.01)
+    send, _recv = trio.open_memory_channel(1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(w.run, send)
+        await trio.sleep(0.3)
+        nursery.cancel_scope.cancel()
+    assert "event poll failed" in caplog.text

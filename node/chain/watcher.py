@@ -7,8 +7,12 @@ and is delivered again. Consumers therefore see every confirmed event at least o
 and must be idempotent on (event name, args) - the protocol's events are (a job is
 created once, assigned once per round).
 
-Error rules: a failed poll (RPC down) is logged and retried after ``poll_interval``;
-decoding errors for logs we have no ABI for are impossible (topics are filtered).
+Catching up from an old block reads at most ``max_range`` blocks per request (public
+nodes cap ``eth_getLogs`` spans) and polls again at once until ``caught_up``.
+
+Error rules: a poll that fails because the RPC is unreachable (``ChainError``) is logged
+and retried after ``poll_interval``; anything else propagates to the nursery. Logs with
+a topic we have no ABI for are skipped.
 """
 
 from __future__ import annotations
@@ -48,13 +52,16 @@ class EventWatcher:
         confirmations: int = 0,
         reorg_depth: int = 12,
         poll_interval: float = 1.0,
+        max_range: int = 2000,
     ) -> None:
         self.client = client
         self.confirmations = confirmations
         self.reorg_depth = reorg_depth
         self.poll_interval = poll_interval
+        self.max_range = max_range
         self.next_block = from_block  # first block not yet fully confirmed-and-read
         self._from_block = from_block
+        self._caught_up = False
         self._seen: dict[tuple[bytes, int], int] = {}
         self._decoders: dict[tuple[str, bytes], Any] = {}
         for contract in contracts:
@@ -72,10 +79,14 @@ class EventWatcher:
         safe = head - self.confirmations
         if safe < self._from_block:
             return []
-        start = max(self._from_block, min(self.next_block, safe + 1) - self.reorg_depth)
+        # a shorter chain after a reorg: read again from where it now ends
+        self.next_block = min(self.next_block, safe + 1)
+        start = max(self._from_block, self.next_block - self.reorg_depth)
+        # catch up in bounded ranges: public nodes cap eth_getLogs spans
+        end = min(safe, self.next_block + self.max_range - 1)
         logs = await self.client.run(
             self.client.w3.eth.get_logs,
-            {"fromBlock": start, "toBlock": safe, "address": self._addresses},
+            {"fromBlock": start, "toBlock": end, "address": self._addresses},
         )
         out: list[ChainEvent] = []
         for entry in sorted(logs, key=lambda x: (x["blockNumber"], x["logIndex"])):
@@ -100,10 +111,16 @@ class EventWatcher:
                     log_index=int(ev["logIndex"]),
                 )
             )
-        self.next_block = safe + 1
+        self.next_block = end + 1
+        self._caught_up = end == safe
         horizon = self.next_block - self.reorg_depth - 1
         self._seen = {k: b for k, b in self._seen.items() if b >= horizon}
         return out
+
+    @property
+    def caught_up(self) -> bool:
+        """False while the last poll stopped short of the confirmed head (more to read)."""
+        return self._caught_up
 
     async def run(
         self,
@@ -119,7 +136,9 @@ class EventWatcher:
                     events = await self.poll()
                 except ChainError as exc:
                     log.warning("event poll failed error=%s", exc)
-                    events = []
+                    await trio.sleep(self.poll_interval)
+                    continue
                 for ev in events:
                     await send.send(ev)
-                await trio.sleep(self.poll_interval)
+                # still catching up: read the next range at once
+                await trio.sleep(self.poll_interval if self._caught_up else 0)
