@@ -13,6 +13,7 @@ canonical msgpack encoding, so its hash is still bound by the signature.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from eth_utils import keccak, to_canonical_address
 
@@ -38,6 +39,9 @@ class Domain:
     version: str = DOMAIN_VERSION
 
     def separator(self) -> bytes:
+        return _separator(self)
+
+    def _compute_separator(self) -> bytes:
         return keccak(
             keccak(DOMAIN_TYPE.encode())
             + keccak(self.name.encode())
@@ -60,10 +64,20 @@ class StructType:
 
     @property
     def type_hash(self) -> bytes:
-        return keccak(self.encode_type.encode())
+        return _type_hash(self.encode_type)
 
     def hash_struct(self, values: dict) -> bytes:
         return keccak(self.type_hash + b"".join(encode_value(t, values[n]) for n, t in self.fields))
+
+
+@lru_cache(maxsize=256)
+def _separator(domain: Domain) -> bytes:
+    return domain._compute_separator()
+
+
+@lru_cache(maxsize=1024)
+def _type_hash(encode_type: str) -> bytes:
+    return keccak(encode_type.encode())
 
 
 def signing_digest(domain: Domain, struct: StructType, values: dict) -> bytes:

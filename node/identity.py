@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 import coincurve
 from eth_keys import keys as eth_keys
-from eth_keys.exceptions import BadSignature, ValidationError
 from eth_utils import keccak, to_checksum_address
 
 if TYPE_CHECKING:  # libp2p and eth_account are heavy imports; load them on first use
@@ -118,10 +117,13 @@ def recover_address(digest: bytes, signature: bytes) -> str:
     if not (0 < r < SECP256K1_N and 0 < s <= SECP256K1_N // 2):
         raise ValueError("signature r/s out of range (non-canonical)")
     try:
-        sig = eth_keys.Signature(vrs=(v - 27, r, s))
-        return sig.recover_public_key_from_msg_hash(digest).to_checksum_address()
-    except (BadSignature, ValidationError) as exc:  # r not on the curve, etc.
+        # coincurve directly: eth_keys' Signature/PublicKey objects double the cost
+        pub = coincurve.PublicKey.from_signature_and_message(
+            signature[:64] + bytes([v - 27]), digest, hasher=None
+        )
+    except ValueError as exc:  # r not on the curve, etc.
         raise ValueError(f"signature does not recover: {exc}") from None
+    return to_checksum_address(keccak(pub.format(compressed=False)[1:])[12:])
 
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
