@@ -61,7 +61,10 @@ def test_inventory_json(capsys):
 
 
 def test_bench_json_fields(tiny, capsys):
-    assert main(["bench", "popw", "--json", "--classes", tiny, "--sizes", "64,128", "--reps", "1"]) == 0
+    assert (
+        main(["bench", "popw", "--json", "--classes", tiny, "--sizes", "64,128", "--reps", "1"])
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert [r["n"] for r in out["results"]] == [64, 128]
     for r in out["results"]:

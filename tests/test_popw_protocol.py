@@ -244,3 +244,19 @@ def test_encoders_round_trip():
     assert protocol.decode_open(protocol.encode_open(ch.id, reqs), ch) == reqs
     ops = prover.open(ch.id, reqs)
     assert protocol.decode_proofs(protocol.encode_proofs(ch.id, ops), ch) == ops
+
+
+async def test_concurrent_challenges_one_answers_one_is_busy():
+    prover = Prover()
+    verdicts = []
+
+    async def one(seed):
+        verdict, _ = await exchange(prover, new_challenge(128, 6, GENEROUS), seed=seed)
+        verdicts.append(verdict.status)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one, 1)
+        nursery.start_soon(one, 2)
+    assert sorted(verdicts) == [BUSY, PASS]
+    verdict, _ = await exchange(prover, new_challenge(32, 2, GENEROUS))  # released afterwards
+    assert verdict.status == PASS

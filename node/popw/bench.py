@@ -1,7 +1,7 @@
 """`kaisar bench popw`: prover overhead over bare matmul, verifier cost, provider duty cycle.
 
 Method (docs/BENCHMARKS.md, PoPW section): for each n, one challenge with the same
-work as the "cpu" class challenge (rounds capped at MAX_COMMITS); per repetition the
+work as the "cpu" class challenge (rounds capped at MAX_BENCH_ROUNDS); per repetition the
 honest prover runs, then the backend's bare matmul of the same rounds x n^3, then the
 checker's verification (draw k openings, prover opens, check). Figures use the fastest
 repetition of each (least disturbed by other processes on a shared machine).
@@ -10,6 +10,7 @@ repetition of each (least disturbed by other processes on a shared machine).
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from typing import Any
@@ -21,6 +22,7 @@ from node.popw.prover import Prover
 from node.popw.verifier import check_commit, check_openings, draw_openings
 
 DEFAULT_SIZES = (256, 1024, 2048)
+MAX_BENCH_ROUNDS = 1024  # keeps n = 256 to ~1 s per repetition (same work would be 6144)
 
 
 def measure_size(
@@ -71,9 +73,10 @@ def run_bench(
     cpu = table.get("cpu")
     k = table.policy.openings
     work = work_flops(cpu.n, rounds_for(cpu, table.policy))
+    load_before = os.getloadavg()[0]
     results = []
     for n in sizes:
-        rounds = min(MAX_COMMITS, max(1, math.ceil(work / work_flops(n, 1))))
+        rounds = min(MAX_BENCH_ROUNDS, MAX_COMMITS, max(1, math.ceil(work / work_flops(n, 1))))
         results.append(measure_size(backend, n, rounds, k, reps))
     cpu_row = next((r for r in results if r["n"] == cpu.n), results[-1])
     # Each epoch a committee of checkers challenges the provider once each; the GPU is
@@ -92,5 +95,8 @@ def run_bench(
             "prover_s": cpu_row["prover_s"],
             "fraction": round(duty, 5),
         },
+        # other processes on the machine distort every figure: say how busy it was
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "cpu_count": os.cpu_count(),
         "targets": {"prover_over_matmul": 1.15, "verifier_over_prover_at_2048": 0.01},
     }

@@ -14,7 +14,6 @@ challenge). Decoders check types, lengths and ranges and raise only ``PopwError`
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,7 +147,7 @@ def _int(obj: dict[str, Any], key: str, lo: int, hi: int) -> int:
 def _float(obj: dict[str, Any], key: str, lo: float, hi: float) -> float:
     v = obj[key]
     require(isinstance(v, int | float) and not isinstance(v, bool), f"{key}: expected a number")
-    require(math.isfinite(v) and lo <= v <= hi, f"{key}: out of range")
+    require(lo <= v <= hi, f"{key}: out of range")  # also false for NaN; no float() of huge ints
     return float(v)
 
 
@@ -290,7 +289,8 @@ async def respond_popw(
 
     Raises PopwError or FrameError when the checker misbehaves or the stream breaks; the
     caller logs it and closes the stream in ``finally``. Compute runs in a worker thread
-    so the node's event loop keeps serving other streams meanwhile.
+    so the node's event loop keeps serving other streams meanwhile. Busy replies: when
+    the ``busy`` policy returns seconds, or while another exchange holds the prover.
     """
     ch = decode_challenge(
         await framed.recv(max_size=CHALLENGE_MAX_BYTES, timeout=challenge_timeout)
@@ -301,11 +301,18 @@ async def respond_popw(
         "challenge needs more memory than allowed",
     )
     retry_after = busy(ch) if busy is not None else None
-    if retry_after is not None:
-        await framed.send(
-            encode_busy(ch.id, min(max(retry_after, 0.0), MAX_RETRY_AFTER)), timeout=SEND_TIMEOUT
-        )
-        return
+    if retry_after is None:
+        if prover.try_reserve():
+            try:
+                await _answer(framed, prover, ch, open_timeout)
+            finally:
+                prover.release()
+            return
+        retry_after = ch.deadline  # another checker's exchange holds the device
+    await _send(framed, encode_busy(ch.id, min(max(retry_after, 0.0), MAX_RETRY_AFTER)))
+
+
+async def _answer(framed: FramedStream, prover: Prover, ch: Challenge, open_timeout: float) -> None:
     commitment = await trio.to_thread.run_sync(prover.commit, ch)
     await _send(framed, encode_commit(commitment))
     requests = decode_open(await framed.recv(max_size=OPEN_MAX_BYTES, timeout=open_timeout), ch)

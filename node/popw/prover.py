@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,7 +33,12 @@ class Opening:
 
 
 class Prover:
-    """Honest prover. Keeps the last challenge's steps (int8) and trees to open them."""
+    """Honest prover. Keeps the last challenge's steps (int8) and trees to open them.
+
+    One exchange at a time: the responder holds ``try_reserve()`` from the challenge to
+    the proofs, so a second concurrent challenge can neither share the device's
+    workspace nor replace the steps the first one is about to open (it gets "busy").
+    """
 
     def __init__(
         self,
@@ -52,11 +58,19 @@ class Prover:
         self._challenge: Challenge | None = None
         self._steps: list[np.ndarray] = []
         self._levels: list[list[list[bytes]]] = []
+        self._reserved = threading.Lock()
         self._hasher = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="popw-hash")
             if self.pipeline
             else None
         )
+
+    def try_reserve(self) -> bool:
+        """Claim the prover for one exchange; False if another exchange holds it."""
+        return self._reserved.acquire(blocking=False)
+
+    def release(self) -> None:
+        self._reserved.release()
 
     def commit(self, ch: Challenge) -> Commitment:
         validate_challenge(ch)
