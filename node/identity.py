@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING
 
 import coincurve
 from eth_keys import keys as eth_keys
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
+
+from node.eip712 import keccak
 
 if TYPE_CHECKING:  # libp2p and eth_account are heavy imports; load them on first use
     from libp2p.crypto.keys import KeyPair
