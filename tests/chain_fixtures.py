@@ -24,7 +24,7 @@ from eth_utils import keccak
 from web3 import Web3
 from web3.logs import DISCARD
 
-from node.chain.api import KaisarChain
+from node.chain.api import KaisarChain, bind_node_key_sig
 from node.chain.client import ChainClient
 from node.chain.compile import compile_contract, compile_source
 from node.chain.deploy import Deployment, DeployParams, deploy_all
@@ -234,7 +234,8 @@ def _build_world() -> World:
             "tokenId"
         ]
         h.tx(op, kc.license.functions.approve(dep.staking, token))
-        h.tx(op, kc.staking.functions.register(token, key.address), value=stake)
+        sig = bind_node_key_sig(dep.domain, key, op.address, token)
+        h.tx(op, kc.staking.functions.register(token, key.address, sig), value=stake)
     h.tx(admin, kc.rewards.functions.fund(), value=10 * ETHER)
     return World(chain, h, dep, kc, admin, operators, checkers, owner, providers, outsider)
 

@@ -94,7 +94,7 @@ async def test_protocol_on_anvil(anvil):
         await client.fund(admin, who.address, 20 * ETHER)
     for op, key, stake in zip(operators, checkers, STAKES, strict=True):
         token = await kc.buy_license(op)
-        await kc.register_checker(op, token, key.address, stake)
+        await kc.register_checker(op, token, key, stake)
     assert (await kc.active_checkers()).total_stake == sum(STAKES)
 
     watcher = EventWatcher(client, kc.contracts(), from_block=dep.block, confirmations=1)

@@ -74,7 +74,7 @@ async def test_job_flow_through_facade(world):
     # license + registration through the facade
     token = await kc.buy_license(world.outsider)
     key = ident("fresh-checker")
-    await kc.register_checker(world.outsider, token, key.address, ETHER)
+    await kc.register_checker(world.outsider, token, key, ETHER)
     assert (await kc.active_checkers()).stake_of(key.address) == ETHER
 
 
@@ -202,9 +202,7 @@ async def test_genesis_embedded_chain():
     from node.chain.genesis import GenesisChecker, start_embedded
 
     keys = [ident(f"genesis{i}") for i in range(3)]
-    dev = await start_embedded(
-        [GenesisChecker(k, k.address, ETHER * (i + 1)) for i, k in enumerate(keys)]
-    )
+    dev = await start_embedded([GenesisChecker(k, k, ETHER * (i + 1)) for i, k in enumerate(keys)])
     cs = await dev.chain.active_checkers()
     assert cs.node_keys == tuple(k.address for k in keys) and cs.total_stake == 6 * ETHER
     await verify_deployment(dev.client, dev.deployment)

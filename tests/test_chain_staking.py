@@ -7,6 +7,7 @@ pytest.register_assert_rewrite("chain_fixtures")
 from chain_fixtures import ETHER, GPU, PARAMS, STAKES, ident, reverts  # noqa: E402
 from eth_utils import keccak  # noqa: E402
 
+from node.chain.api import bind_node_key_sig  # noqa: E402
 from node.consensus import votes  # noqa: E402
 from node.eip712 import Domain  # noqa: E402
 
@@ -80,35 +81,66 @@ def test_recover_rejects_malformed_and_high_s(world):
 # registration and stake -------------------------------------------------------------
 
 
+def _consent(world, key, operator, token):
+    return bind_node_key_sig(world.dep.domain, key, operator.address, token)
+
+
 def test_register_reverts(world):
     S, h = world.staking, world.h
     who = world.outsider
     token = _license(world, who)
     with reverts("zero node key"):
-        h.tx(who, S.functions.register(token, ZERO), value=ETHER)
+        h.tx(who, S.functions.register(token, ZERO, b""), value=ETHER)
+    taken = world.checkers[0]
     with reverts("node key taken"):
-        h.tx(who, S.functions.register(token, world.checkers[0].address), value=ETHER)
+        h.tx(who, S.functions.register(token, taken.address, _consent(world, taken, who, token)))
+    k = ident("k")
     with reverts("not license owner"):
-        h.tx(world.owner, S.functions.register(token, ident("k").address), value=ETHER)
+        fn = S.functions.register(token, k.address, _consent(world, k, world.owner, token))
+        h.tx(world.owner, fn, value=ETHER)
     other = world.h.tx(world.owner, world.license.functions.buy(), value=PARAMS.license_price)
     t2 = world.license.events.Transfer().process_receipt(other, errors=DISCARD)[0]["args"][
         "tokenId"
     ]
+    k2 = ident("k2")
     with reverts("not approved"):  # License refuses custody without approval
-        h.tx(world.owner, S.functions.register(t2, ident("k2").address))
-    key = ident("newkey").address
-    r = h.tx(who, S.functions.register(token, key))  # no stake yet: registered, inactive
+        h.tx(
+            world.owner, S.functions.register(t2, k2.address, _consent(world, k2, world.owner, t2))
+        )
+    new = ident("newkey")
+    key = new.address
+    # the node key must consent: no signature, a signature for another operator or
+    # token, or a signature by someone else are all refused
+    for bad in (
+        b"",
+        _consent(world, new, world.owner, token),
+        _consent(world, new, who, token + 1),
+        _consent(world, k, who, token),
+    ):
+        with reverts("node key did not consent"):
+            h.tx(who, S.functions.register(token, key, bad))
+    r = h.tx(who, S.functions.register(token, key, _consent(world, new, who, token)))
     assert S.events.Registered().process_receipt(r, errors=DISCARD)[0]["args"]["token_id"] == token
     assert h.call(world.license.functions.ownerOf(token)) == world.dep.staking
-    assert not h.call(S.functions.is_active(key))
+    assert not h.call(S.functions.is_active(key))  # no stake yet: registered, inactive
     with reverts("already registered"):
-        h.tx(who, S.functions.register(token, key))
+        h.tx(who, S.functions.register(token, key, _consent(world, new, who, token)))
+
+
+def test_node_key_may_register_itself(world):
+    S, h = world.staking, world.h
+    me = world.owner  # operator and node key are the same account: no signature needed
+    token = _license(world, me)
+    h.tx(me, S.functions.register(token, me.address, b""), value=ETHER)
+    assert h.call(S.functions.is_active(me.address))
 
 
 def test_stake_activates_and_unstake_deactivates(world):
     S, h, who = world.staking, world.h, world.outsider
-    key = ident("newkey").address
-    h.tx(who, S.functions.register(_license(world, who), key), value=ETHER // 2)
+    new = ident("newkey")
+    key = new.address
+    token = _license(world, who)
+    h.tx(who, S.functions.register(token, key, _consent(world, new, who, token)), value=ETHER // 2)
     assert not h.call(S.functions.is_active(key))
     with reverts("zero stake"):
         h.tx(who, S.functions.stake(key))
@@ -169,7 +201,8 @@ def test_unregister_returns_license_and_unbonds(world):
         h.tx(op, S.functions.stake(key), value=1)
     # the same operator may bring the key back with the license
     h.tx(op, world.license.functions.approve(world.dep.staking, token))
-    h.tx(op, S.functions.register(token, key), value=ETHER)
+    sig = _consent(world, world.checkers[1], op, token)
+    h.tx(op, S.functions.register(token, key, sig), value=ETHER)
     assert h.call(S.functions.is_active(key))
 
 
@@ -371,7 +404,9 @@ def test_checker_set_is_bounded(world):
     h.tx(op, lic.functions.setApprovalForAll(st.address, True))
     for i in range(65):
         h.tx(admin, lic.functions.admin_mint(op.address), gas=200_000)
-        fn = st.functions.register(i + 1, ident(f"bounded{i}").address)
+        k = ident(f"bounded{i}")
+        sig = bind_node_key_sig(Domain(world.dep.chain_id, st.address), k, op.address, i + 1)
+        fn = st.functions.register(i + 1, k.address, sig)
         if i < 64:
             h.tx(op, fn, value=1, gas=400_000)  # explicit gas: skip eth-tester's slow estimate
         else:

@@ -16,7 +16,7 @@ from web3.logs import DISCARD
 from node.chain.client import ChainClient
 from node.chain.compile import compile_all
 from node.chain.deploy import Deployment
-from node.eip712 import Domain
+from node.eip712 import Domain, StructType, signing_digest
 from node.identity import Identity
 
 # Job.state values (Escrow.vy)
@@ -28,6 +28,14 @@ JOB_FAILED = 5
 JOB_EXPIRED = 6
 
 MAX_CHECKERS = 64
+
+# The node key's consent to be bound to an operator's license (Staking.register).
+BIND_NODE_KEY = StructType("BindNodeKey", (("operator", "address"), ("tokenId", "uint256")))
+
+
+def bind_node_key_sig(domain: Domain, node_key: Identity, operator: str, token_id: int) -> bytes:
+    digest = signing_digest(domain, BIND_NODE_KEY, {"operator": operator, "tokenId": token_id})
+    return node_key.sign_digest(digest)
 
 
 @dataclass(frozen=True)
@@ -123,14 +131,28 @@ class KaisarChain:
         return int(ev[0]["args"]["tokenId"])
 
     async def register_checker(
-        self, operator: Identity, token_id: int, node_key: str, stake: int
+        self,
+        operator: Identity,
+        token_id: int,
+        node_key: Identity | str,
+        stake: int,
+        key_sig: bytes = b"",
     ) -> Any:
-        """Approve the license for custody and register it with ``stake`` wei."""
+        """Approve the license for custody and register it with ``stake`` wei.
+
+        ``node_key`` is the checker's signing identity (it signs its consent here) or
+        its address together with ``key_sig`` from ``bind_node_key_sig``; no consent is
+        needed when the operator is the node key.
+        """
+        if isinstance(node_key, Identity):
+            if node_key.address != operator.address:
+                key_sig = bind_node_key_sig(self.domain, node_key, operator.address, token_id)
+            node_key = node_key.address
         await self.client.transact(
             operator, self.license.functions.approve(self.staking.address, token_id)
         )
         return await self.client.transact(
-            operator, self.staking.functions.register(token_id, node_key), value=stake
+            operator, self.staking.functions.register(token_id, node_key, key_sig), value=stake
         )
 
     # jobs ----------------------------------------------------------------------------

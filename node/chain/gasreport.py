@@ -11,7 +11,7 @@ import json
 
 from web3.logs import DISCARD
 
-from node.chain.api import KaisarChain
+from node.chain.api import KaisarChain, bind_node_key_sig
 from node.chain.client import ChainClient
 from node.chain.deploy import DeployParams, deploy_all
 from node.chain.embedded import EmbeddedChain
@@ -70,7 +70,8 @@ async def measure() -> dict[str, int]:
     # Staking
     stakes = (4 * ETHER, 3 * ETHER, 2 * ETHER, 1 * ETHER)
     for op, key, tok, st in zip(ops, keys, tokens, stakes, strict=True):
-        await tx("Staking.register", op, S.functions.register(tok, key.address), st)
+        sig = bind_node_key_sig(dep.domain, key, op.address, tok)
+        await tx("Staking.register", op, S.functions.register(tok, key.address, sig), st)
     await tx("Staking.stake", ops[3], S.functions.stake(keys[3].address), ETHER)
     await tx("Staking.unstake", ops[3], S.functions.unstake(keys[3].address, ETHER))
     await client.increase_time(20)

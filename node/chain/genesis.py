@@ -23,7 +23,7 @@ ETHER = 10**18
 @dataclass(frozen=True)
 class GenesisChecker:
     operator: Identity  # pays the stake, owns the license (may be the node key itself)
-    node_key: str  # address that signs votes
+    node_key: Identity  # signs votes; signs its consent to the binding at registration
     stake: int
 
 

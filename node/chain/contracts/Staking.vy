@@ -75,6 +75,9 @@ ASSIGN_VOTE_TYPE_HASH: constant(bytes32) = keccak256(
 POPW_VOTE_TYPE_HASH: constant(bytes32) = keccak256(
     "PopwVote(uint256 epoch,address provider,uint256 verdict,bytes32 gpuClass)"
 )
+BIND_NODE_KEY_TYPE_HASH: constant(bytes32) = keccak256(
+    "BindNodeKey(address operator,uint256 tokenId)"
+)
 # secp256k1 n / 2: signatures with a larger s are malleated copies (EIP-2)
 HALF_N: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168
 
@@ -250,9 +253,17 @@ def _sync(node_key: address):
 
 @external
 @payable
-def register(token_id: uint256, node_key: address):
-    """Bind a license (moved into custody) to a node key; msg.value is initial stake."""
+def register(token_id: uint256, node_key: address, key_sig: Bytes[65] = b""):
+    """Bind a license (moved into custody) to a node key; msg.value is initial stake.
+
+    Unless the node key itself sends, it must consent by signing
+    BindNodeKey(operator, tokenId): nobody can squat another node's key.
+    """
     assert node_key != empty(address), "zero node key"
+    # Verify the node key agreed to be bound to this operator and license
+    if msg.sender != node_key:
+        consent: bytes32 = keccak256(abi_encode(BIND_NODE_KEY_TYPE_HASH, msg.sender, token_id))
+        assert self._recover(self._digest(consent), key_sig) == node_key, "node key did not consent"
     c: Checker = self.checkers[node_key]
     # Verify the key is unused or already belongs to this operator
     assert c.operator == empty(address) or c.operator == msg.sender, "node key taken"
