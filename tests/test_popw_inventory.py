@@ -142,3 +142,14 @@ def test_os_error_loading_library_is_cpu_only():
 def test_real_pynvml_on_this_machine_never_crashes():
     inv = read_inventory()  # no GPU on development machines: a CPU-only inventory
     assert inv.cpu_only == (inv.count == 0)
+
+
+def test_device_identity_for_commits():
+    from node.popw.inventory import device_identity
+
+    gpu = device_identity("torch", "cuda", read_inventory(FakeNvml()))
+    assert gpu["name"] == "NVIDIA GeForce RTX 4090" and gpu["uuid"].startswith("GPU-")
+    assert gpu["memory_mb"] == 24 * 1024 and gpu["driver"] == "550.54.15" and gpu["cuda"] == "12.4"
+    cpu = device_identity("numpy", "AMD EPYC", read_inventory(FakeNvml(gpus=0)))
+    assert cpu["backend"] == "numpy" and cpu["cpus"] >= 1 and "uuid" not in cpu
+    assert len(gpu) <= 16 and len(cpu) <= 16  # fits the commit decoder's device limits

@@ -66,7 +66,7 @@ def run_bench(
     sizes: tuple[int, ...] = DEFAULT_SIZES,
     reps: int = 2,
     epoch_seconds: float = 600.0,
-    committee: int = 4,
+    committee: int = 7,
     backend: Backend | None = None,
 ) -> dict[str, Any]:
     backend = backend or NumpyBackend()

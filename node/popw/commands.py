@@ -8,6 +8,8 @@ import re
 import time
 from typing import Any
 
+from node.consensus.committees import COMMITTEE_SIZE
+from node.consensus.epochs import EPOCH_LENGTH_SECONDS
 from node.errors import UserError
 from node.popw.backends import best_backend
 from node.popw.challenge import MAX_N, MIN_N, PopwError, is_power_of_two
@@ -36,8 +38,8 @@ def register_bench(bench_sub: Any) -> None:
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--sizes", default="256,1024,2048", help="comma-separated n values")
     b.add_argument("--reps", type=int, default=2)
-    b.add_argument("--epoch-seconds", type=float, default=600.0)
-    b.add_argument("--committee", type=int, default=4)
+    b.add_argument("--epoch-seconds", type=float, default=EPOCH_LENGTH_SECONDS)
+    b.add_argument("--committee", type=int, default=COMMITTEE_SIZE, help="checkers per provider")
     b.add_argument("--classes", help="GPU class table (default configs/gpu_classes.toml)")
     b.set_defaults(func=cmd_bench)
 

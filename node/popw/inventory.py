@@ -148,3 +148,28 @@ def read_inventory(nvml: Any | None = None) -> Inventory:
         cpu=_cpu_name(),
         cpu_count=os.cpu_count() or 1,
     )
+
+
+def device_identity(
+    backend: str, device: str, inv: Inventory | None = None
+) -> dict[str, str | int]:
+    """What a commit says about the device that computed it (the commit's ``device`` map).
+
+    On a GPU backend: the first GPU's NVML name, UUID, memory and the driver and CUDA
+    versions; on CPU: the CPU model and core count. Informational: the verdict rests on
+    the checker's own timing and the openings, never on these claims.
+    """
+    inv = inv if inv is not None else read_inventory()
+    ident: dict[str, str | int] = {"backend": backend[:64], "name": device[:256]}
+    if backend != "numpy" and inv.gpus:
+        g = inv.gpus[0]
+        ident.update(name=g.name[:256], uuid=g.uuid[:256], gpus=inv.count)
+        if g.memory_total_mb is not None:
+            ident["memory_mb"] = g.memory_total_mb
+        if inv.driver_version:
+            ident["driver"] = inv.driver_version[:64]
+        if inv.cuda_version:
+            ident["cuda"] = inv.cuda_version[:16]
+    else:
+        ident["cpus"] = inv.cpu_count
+    return ident

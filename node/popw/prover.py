@@ -12,6 +12,7 @@ import numpy as np
 from node.popw import merkle
 from node.popw.backends import Backend, NumpyBackend
 from node.popw.challenge import Challenge, require, validate_challenge
+from node.popw.inventory import device_identity
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class Prover:
         self.pipeline = (
             self.backend.name not in ("numpy", "tampered-numpy") if pipeline is None else pipeline
         )
-        self.device = device or {"backend": self.backend.name, "name": self.backend.device}
+        self.device = device or device_identity(self.backend.name, self.backend.device)
         self._challenge: Challenge | None = None
         self._steps: list[np.ndarray] = []
         self._levels: list[list[list[bytes]]] = []
