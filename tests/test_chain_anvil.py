@@ -157,3 +157,14 @@ async def test_receipt_timeout_is_a_clear_error(anvil):
     sender.receipt_timeout = 0.5
     with pytest.raises(ChainError, match="is the node mining"):
         await client.send_value(FAUCET, ident("never").address, 1)
+
+
+async def test_open_checks_the_deployment(anvil, tmp_path):
+    client = ChainClient.connect(anvil)
+    dep = await deploy_all(client, FAUCET, PARAMS)
+    path = tmp_path / "d.json"
+    dep.save(path)
+    kc = await KaisarChain.open(anvil, path)
+    assert (await kc.active_checkers()).node_keys == ()
+    with pytest.raises(DeploymentMismatch, match="chain id"):
+        await KaisarChain.open(anvil, Deployment(**{**dep.__dict__, "chain_id": 9}))

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import trio
 from web3.logs import DISCARD
 
 from node.chain.client import ChainClient
@@ -81,6 +83,19 @@ class Job:
 
 
 class KaisarChain:
+    @classmethod
+    async def open(cls, rpc: str, deployment: Deployment | Path) -> KaisarChain:
+        """Connect to ``rpc`` and check ``deployment`` (a record or a file) against it.
+
+        Raises ChainUnavailable / DeploymentMismatch / UserError with a clear message.
+        """
+        from node.chain.deploy import load_deployment, verify_deployment
+
+        dep = deployment if isinstance(deployment, Deployment) else load_deployment(deployment)
+        client = await trio.to_thread.run_sync(ChainClient.connect, rpc)
+        await verify_deployment(client, dep)
+        return cls(client, dep)
+
     def __init__(self, client: ChainClient, deployment: Deployment) -> None:
         self.client = client
         self.deployment = deployment

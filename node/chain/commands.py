@@ -56,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--" + name.replace("_", "-"),
             type=int,
             default=getattr(defaults, name),
-            help=argparse.SUPPRESS,
+            metavar="N",
+            help=f"constructor parameter (default {getattr(defaults, name)})",
         )
     dep.set_defaults(func=cmd_deploy)
 
