@@ -343,3 +343,36 @@ def test_any_delivery_order_gives_one_provider(rnd, job_id):
             if job is not None:
                 push(j, honest[j].on_timeout(job_id, job.round))
     assert len(decisions) <= 1
+
+
+def test_vouching_and_adoption():
+    a, b, c, d = CHECKERS.addresses
+    votes = {0: {a: {P1}}, 1: {b: {P2}, c: {P2}}}
+    assert not rules.is_vouched(P1, votes, CHECKERS)  # 1 of 4 < 1/3
+    assert rules.is_vouched(P2, votes, CHECKERS)  # 2 of 4
+    assert rules.adopted_provider(votes, CHECKERS, 42) == P2
+    assert rules.adopted_provider({}, CHECKERS, 42) is None
+    # latest vote per signer counts: a moved to P2 in round 2
+    assert rules.adopted_provider({0: {a: {P1}}, 2: {a: {P3}}}, CHECKERS, 42) == P3
+    votes2 = {0: {a: {P1}, b: {P1}, c: {P1}}, 2: {a: {P3}}}
+    assert rules.adopted_provider(votes2, CHECKERS, 42) == P1  # b, c for P1 vs a for P3
+    tie = min((P1, P3), key=lambda p: rules.leader_rank(42, p))
+    assert rules.adopted_provider({0: {a: {P1}, b: {P3}}}, CHECKERS, 42) == tie
+    assert rules.proposal_for(rules.NO_LOCK, False, P1, P2) == P2
+    locked = rules.record_own_vote(rules.NO_LOCK, 0, P3)
+    assert rules.proposal_for(locked, False, P1, P2) == P3
+
+
+def test_stale_view_follows_vouched_provider():
+    """A voter that thinks P1 is full refuses the proposal, then signs it once checkers
+    with >= 1/3 of stake have (so stale capacity views do not split the vote)."""
+    ms, checkers = machines()
+    leader = next(i for i in IDS[:4] if i.address == rules.get_leader(checkers, 42, 0))
+    voter = next(m for m in ms if m.address != leader.address)
+    stale = (ProviderInfo(P1, "A100", 0, 100, 0),) + PROVIDERS[1:]
+    voter.on_job(JOB, stale, 0)
+    out = voter.on_vote(sign_assign_vote(leader, DOMAIN, 42, 0, P1))
+    assert not [o for o in out if isinstance(o, Broadcast)]
+    other = next(i for i in IDS[:4] if i.address not in (leader.address, voter.address))
+    out = voter.on_vote(sign_assign_vote(other, DOMAIN, 42, 0, P1))
+    assert [o.message.provider for o in out if isinstance(o, Broadcast)][:1] == [P1]

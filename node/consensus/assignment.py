@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
+from functools import lru_cache
 
 from eth_utils import keccak, to_canonical_address
 
@@ -42,6 +43,8 @@ from node.consensus.qc import has_quorum
 ROUND_TIMEOUT_SECONDS = 2.0
 # Timeouts double each round up to this factor (partial synchrony: eventually long enough).
 ROUND_TIMEOUT_MAX_FACTOR = 8
+# A provider signed by >= 1/VOUCH_DENOMINATOR of stake is acceptable to every voter.
+VOUCH_DENOMINATOR = 3
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ def leader_rank(job_id: int, checker: str) -> bytes:
     return keccak(job_id.to_bytes(32, "big") + to_canonical_address(checker))
 
 
+@lru_cache(maxsize=4096)
 def get_leader_order(checkers: CheckerSet, job_id: int) -> tuple[str, ...]:
     """Checkers in leader order for ``job_id``; round r is led by entry r mod n."""
     return tuple(sorted(checkers.addresses, key=lambda c: leader_rank(job_id, c)))
@@ -128,8 +132,43 @@ def may_sign_assignment(lock: Lock, round_: int, provider: str, released: bool) 
     return lock.provider is None or lock.provider == provider or released
 
 
-def proposal_for(lock: Lock, released: bool, scheduled: str | None) -> str | None:
-    """What a leader proposes: its locked provider if still bound, else the scheduler's choice."""
+def is_vouched(
+    provider: str, round_votes: Mapping[int, Mapping[str, Set[str]]], checkers: CheckerSet
+) -> bool:
+    """Checkers with >= 1/3 of stake signed ``provider`` for this job (in any round).
+
+    More than the Byzantine stake, so some honest checker found it eligible: a voter whose
+    own (stale) provider view disagrees may follow it rather than split the vote.
+    """
+    signers = {
+        s for by_signer in round_votes.values() for s, ps in by_signer.items() if provider in ps
+    }
+    return VOUCH_DENOMINATOR * checkers.stake_of_all(signers) >= checkers.total_stake
+
+
+def adopted_provider(
+    round_votes: Mapping[int, Mapping[str, Set[str]]], checkers: CheckerSet, job_id: int
+) -> str | None:
+    """The provider with the most stake among checkers' latest votes (ties by hash), if any."""
+    latest: dict[str, tuple[int, Set[str]]] = {}
+    for r, by_signer in round_votes.items():
+        for signer, providers in by_signer.items():
+            if signer not in latest or r > latest[signer][0]:
+                latest[signer] = (r, providers)
+    weight: dict[str, int] = {}
+    for signer, (_, providers) in latest.items():
+        for p in providers:
+            weight[p] = weight.get(p, 0) + checkers.stake_of(signer)
+    if not weight:
+        return None
+    return min(weight, key=lambda p: (-weight[p], leader_rank(job_id, p)))
+
+
+def proposal_for(
+    lock: Lock, released: bool, scheduled: str | None, adopted: str | None = None
+) -> str | None:
+    """What a leader proposes: its locked provider if still bound; else the provider others
+    already voted for most (if acceptable to it), so votes converge; else the scheduler's."""
     if lock.provider is not None and not released:
         return lock.provider
-    return scheduled
+    return adopted or scheduled

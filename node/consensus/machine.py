@@ -172,7 +172,10 @@ class AssignmentMachine:
     def _propose(self, job_id: int, job: JobState) -> list[Output]:
         assert job.spec is not None
         scheduled = choose_provider(job.spec, job.providers, job.epoch)
-        provider = rules.proposal_for(job.lock, self._released(job), scheduled)
+        adopted = rules.adopted_provider(job.round_votes, self.checkers, job_id)
+        if adopted is not None and not self._acceptable(job, adopted):
+            adopted = None
+        provider = rules.proposal_for(job.lock, self._released(job), scheduled, adopted)
         if provider is None:
             return []
         return self._sign(job_id, job, job.round, provider)
@@ -183,10 +186,7 @@ class AssignmentMachine:
         if proposal is None or job.spec is None or job.qc is not None or round_ < job.round:
             return []
         provider = proposal.provider
-        known = {p.address: p for p in job.providers}
-        eligible = provider == job.lock.provider or (
-            provider in known and is_eligible_provider(job.spec, known[provider], job.epoch)
-        )
+        eligible = provider == job.lock.provider or self._acceptable(job, provider)
         if not eligible:
             return []
         if not rules.may_sign_assignment(job.lock, round_, provider, self._released(job)):
@@ -196,6 +196,14 @@ class AssignmentMachine:
             job.round = round_
             out.append(StartTimer(job_id, round_, rules.round_timeout(round_, self.timeout_base)))
         return out + self._sign(job_id, job, round_, provider)
+
+    def _acceptable(self, job: JobState, provider: str) -> bool:
+        """Eligible in this checker's view, or vouched for by >= 1/3 of stake."""
+        assert job.spec is not None
+        known = [p for p in job.providers if p.address == provider]
+        if known and is_eligible_provider(job.spec, known[0], job.epoch):
+            return True
+        return rules.is_vouched(provider, job.round_votes, self.checkers)
 
     def _sign(self, job_id: int, job: JobState, round_: int, provider: str) -> list[Output]:
         if not rules.may_sign_assignment(job.lock, round_, provider, self._released(job)):

@@ -22,7 +22,7 @@ import heapq
 import random
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from itertools import count
 
@@ -68,6 +68,7 @@ class Scenario:
     stakes: tuple[int, ...] | None = None
     round_bound: int | None = None  # liveness: assigned within this many rounds
     adversary: bool = False  # the network slows honest votes before a Byzantine-led round
+    view_noise: float = 0.0  # chance that a checker's view of a provider is stale
 
 
 def default_scenarios() -> list[Scenario]:
@@ -78,6 +79,14 @@ def default_scenarios() -> list[Scenario]:
         Scenario("crash-2-of-7", 7, crashed=(0,), crash_at=((1, 0.5),), round_bound=3),
         Scenario("crash-restart-7", 7, restart=((2, 0.3, 0.6), (3, 0.4, 0.7)), round_bound=7),
         Scenario("partition-heal-7", 7, partition=(0.2, 0.6)),
+        Scenario("divergent-views-7", 7, view_noise=0.3, round_bound=7),
+        Scenario(
+            "divergent-views-byzantine-7",
+            7,
+            byzantine={0: "equivocating-leader", 1: "lock-breaker"},
+            view_noise=0.3,
+            adversary=True,
+        ),
         # The Byzantine checker holds 12 of 37 stake: just under a third.
         Scenario("unequal-stake-4", 4, byzantine={3: "equivocating-leader"}, stakes=(10, 7, 8, 12)),
         Scenario("equivocating-leader-4", 4, byzantine={0: "equivocating-leader"}),
@@ -334,7 +343,6 @@ class Simulation:
             if isinstance(out, Broadcast):
                 self.broadcast(i, out.message)
             elif isinstance(out, StartTimer):
-                self.counts.rounds_run += 1
                 self.max_round[out.job_id] = max(self.max_round[out.job_id], out.round)
                 self.at(self.now + out.seconds, ("timeout", i, out.job_id, out.round))
             elif isinstance(out, Decided):
@@ -381,9 +389,22 @@ class Simulation:
         node = self.nodes[i]
         if i in self.down or node is None:
             return
-        outputs = node.on_job(self.specs[job_id], self.providers, 0)
+        outputs = node.on_job(self.specs[job_id], self.view(), 0)
         if isinstance(node, AssignmentMachine):
             self.apply(i, outputs)
+
+    def view(self) -> tuple[ProviderInfo, ...]:
+        """One checker's provider table: with ``view_noise``, stale capacity and price."""
+        if not self.sc.view_noise:
+            return self.providers
+        out = []
+        for p in self.providers:
+            if self.rng.random() < self.sc.view_noise:
+                p = replace(
+                    p, free_gpus=self.rng.randint(0, 8), price=p.price + self.rng.randint(-15, 15)
+                )
+            out.append(p)
+        return tuple(out)
 
     def restart_node(self, i: int) -> None:
         """Fresh machine over the same store; re-reads undecided jobs from the chain."""
@@ -443,6 +464,7 @@ class Simulation:
     def _finish(self) -> Counts:
         c = self.counts
         c.assigned = len(self.chain)
+        c.rounds_run = sum(self.max_round[j] + 1 for j in self.specs)  # rounds opened per job
         c.undecided = self.n_jobs - c.assigned
         c.rejected = sum(m.rejected for m in self.nodes if isinstance(m, AssignmentMachine))
         equivocations = {
