@@ -15,16 +15,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from eth_utils import keccak as _eth_keccak
 from eth_utils import to_canonical_address
 
 try:  # pysha3 is ~10x faster than eth-hash's default (pycryptodome) and keccak dominates
     from sha3 import keccak_256 as _keccak_256  # every message check (digests, addresses)
-
-    def keccak(data: bytes) -> bytes:
-        return _keccak_256(data).digest()
-
 except ImportError:  # pragma: no cover - safe-pysha3 is a declared dependency
-    from eth_utils import keccak
+    _keccak_256 = None
+
+
+def keccak(data: bytes) -> bytes:
+    if _keccak_256 is not None:
+        return _keccak_256(data).digest()
+    return _eth_keccak(data)  # pragma: no cover
 
 DOMAIN_NAME = "Kaisar"
 DOMAIN_VERSION = "1"

@@ -88,7 +88,7 @@ def apply() -> None:
     global _applied
     _swarm._HAPPY_EYEBALLS_DELAY = DIAL_DELAY
     _pubsub.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_CHANNEL_SIZE
-    _pubsub.RpcQueue = LargeRpcQueue  # type: ignore[misc]
+    _pubsub.RpcQueue = LargeRpcQueue  # type: ignore[misc,assignment]
     _yamux.MAX_MESSAGE_SIZE = YAMUX_MAX_FRAME
     _yamux.trio = _YAMUX_TRIO  # type: ignore[attr-defined]
     logging.getLogger("libp2p.kad_dht.kad_dht").setLevel(logging.ERROR)
