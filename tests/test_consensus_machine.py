@@ -376,3 +376,17 @@ def test_stale_view_follows_vouched_provider():
     other = next(i for i in IDS[:4] if i.address not in (leader.address, voter.address))
     out = voter.on_vote(sign_assign_vote(other, DOMAIN, 42, 0, P1))
     assert [o.message.provider for o in out if isinstance(o, Broadcast)][:1] == [P1]
+
+
+def test_forget_drops_state_but_not_the_lock(tmp_path):
+    checkers = make_checker_set((i.address, 1) for i in IDS[:4])
+    leader0 = next(i for i in IDS[:4] if i.address == rules.get_leader(checkers, 42, 0))
+    me = next(i for i in IDS[:4] if i.address != leader0.address)
+    m = AssignmentMachine(me, DOMAIN, checkers, VoteStore.open(tmp_path / "s.sqlite"))
+    m.on_job(JOB, PROVIDERS, 0)
+    m.on_vote(sign_assign_vote(leader0, DOMAIN, 42, 0, P1))
+    m.forget(42)
+    assert 42 not in m.jobs and not m.evidence.assign_seen
+    out = m.on_vote(sign_assign_vote(leader0, DOMAIN, 42, 0, P2))
+    assert not [o for o in out if isinstance(o, Broadcast)]
+    assert m.jobs[42].lock.provider == P1  # reloaded from the store

@@ -151,3 +151,6 @@ class EvidencePool:
             return None
         self.reported.add((KIND_POPW, *key))
         return popw_evidence(first, vote)
+
+    def forget_job(self, job_id: int) -> None:
+        self.assign_seen = {k: v for k, v in self.assign_seen.items() if k[1] != job_id}

@@ -142,6 +142,15 @@ class AssignmentMachine:
         job.round = round_ + 1
         return self._enter_round(job_id, job)
 
+    def forget(self, job_id: int) -> None:
+        """Drop a finished job's in-memory state (assigned on chain, closed or refunded).
+
+        The store keeps the lock, so a late vote for the job can never be signed again
+        differently. Engines call this to bound memory.
+        """
+        self.jobs.pop(job_id, None)
+        self.evidence.forget_job(job_id)
+
     def decided(self, job_id: int) -> AssignQC | None:
         job = self.jobs.get(job_id)
         return job.qc if job else None
