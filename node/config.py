@@ -108,12 +108,35 @@ class ProviderSection:
     gpu_class: str = "cpu"
     price_per_gpu_hour_wei: int = 10**15
     ad_interval: float = 10.0
-    max_gpus: int = 1
+    max_gpus: int = 1  # GPUs offered (CPU-only machine: this many CPU slots)
+    status_interval: float = 5.0  # job monitor + running heartbeat period
+    chain_poll_interval: float = 10.0  # re-read live jobs on chain (closed, reassigned)
+    max_tunnels_per_job: int = 8
+    memory_mb: int = 1024  # per job container
+    cpus: float = 1.0
+    pids: int = 512
+    log_retention: float = 600.0  # keep a stopped container this long for its logs
+    docker_host: str = ""  # "" = $DOCKER_HOST or the default socket
+    allow_pull: bool = True
 
     def check(self) -> None:
         _check(self.price_per_gpu_hour_wei >= 0, "price_per_gpu_hour_wei", ">= 0")
+        _check(self.price_per_gpu_hour_wei < 1 << 256, "price_per_gpu_hour_wei", "< 2**256")
         _check(0.1 <= self.ad_interval <= 3600, "ad_interval", "0.1..3600 s")
         _check(0 <= self.max_gpus <= 64, "max_gpus", "0..64")
+        _check(0 < len(self.gpu_class.encode()) <= 32, "gpu_class", "1..32 bytes")
+        _check(0.05 <= self.status_interval <= 600, "status_interval", "0.05..600 s")
+        _check(0.1 <= self.chain_poll_interval <= 3600, "chain_poll_interval", "0.1..3600 s")
+        _check(1 <= self.max_tunnels_per_job <= 1024, "max_tunnels_per_job", "1..1024")
+        _check(8 <= self.memory_mb <= 1 << 22, "memory_mb", "8..4194304")
+        _check(0 < self.cpus <= 1024, "cpus", "0 < cpus <= 1024")
+        _check(1 <= self.pids <= 1 << 22, "pids", "1..4194304")
+        _check(0 <= self.log_retention <= 7 * 86400, "log_retention", "0..604800 s")
+        _check(
+            self.docker_host == "" or "://" in self.docker_host,
+            "docker_host",
+            "'' or a URL like unix:///path/docker.sock",
+        )
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,12 @@ async def _main(cfg, identity, role) -> None:
     from node.p2p.host import P2PError
     from node.runner import run_node
 
+    services = []
+    if role == "provider":
+        from node.roles.provider.node import provider_service
+
+        services.append(await provider_service(cfg))
     try:
-        await run_node(cfg, identity, role=role)
+        await run_node(cfg, identity, role=role, role_services=services)
     except P2PError as exc:
         raise UserError(str(exc)) from None
