@@ -140,3 +140,18 @@ def test_merkle_proofs_bind_row_and_index():
         levels[0][0] + levels[0][1], 0, merkle.proof_of(levels, 0)[1:], 3, root
     )
     assert inner != merkle.hash_leaf(levels[0][0] + levels[0][1])
+
+
+def test_single_threaded_blas_gives_the_same_products():
+    from node.popw.blas import _local_setter, single_threaded_blas
+
+    b = prg.matrix(b"\x05" * 32, b"B", 256)
+    x = prg.matrix(b"\x06" * 32, b"A", 256)[:16]
+    outside = x @ b
+    with single_threaded_blas():
+        inside = x @ b
+    assert np.array_equal(inside, outside)
+    setter = _local_setter()
+    if setter is not None:  # numpy's bundled OpenBLAS: the thread-local setter restores
+        with single_threaded_blas():
+            assert setter(1) == 1
