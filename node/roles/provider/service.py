@@ -269,7 +269,7 @@ class ProviderService:
 
     def busy_seconds(self, challenge: Any = None) -> float | None:
         """The busy policy: None (answer) while a slot is free, else seconds to retry."""
-        if not self.slots or self.free_slots():
+        if not self.slots or len(self.held_slots()) < len(self.slots):
             return None
         ends = [r.expires for r in self.state.jobs(live_only=True)]
         wait = min(ends) - self.clock() if ends else MAX_BUSY_SECONDS
