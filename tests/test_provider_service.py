@@ -168,14 +168,38 @@ async def test_deploy_rules_ads_status_tunnel_logs(world, container_runtime, tmp
         with pytest.raises(pclient.ProviderRefused, match="job owner"):
             await pclient.query_status(chost, peer, stranger, domain, job)
         logs = b"".join([c async for c in pclient.stream_logs(chost, peer, world.owner, domain, job)])
-        assert b"cgi-bin/echo" in logs or b"GET" in logs or logs != b"", logs
+        assert b"kaisar-demo-http listening" in logs, logs
         with pytest.raises(pclient.ProviderRefused, match="job owner"):
             async for _ in pclient.stream_logs(chost, peer, stranger, domain, job):
                 pass
 
-        # Owner closes the job on chain: container stops, capacity comes back, tunnel refused.
-        await world.kc.close_job(world.owner, job)
-        await statuses.wait_for(status_of(job, "stopped"))
+        # Per-job tunnel limit (2 here): a third concurrent tunnel is refused.
+        async with pclient.open_tunnel(chost, peer, world.owner, domain, job):
+            async with pclient.open_tunnel(chost, peer, world.owner, domain, job):
+                with pytest.raises(pclient.TunnelRefused, match="at most 2 tunnels"):
+                    async with pclient.open_tunnel(chost, peer, world.owner, domain, job):
+                        pass
+        await trio.sleep(0.2)  # the provider notices both closed
+
+        # Owner closes the job on chain: container stops, a followed log stream and an
+        # open tunnel end, capacity comes back, new tunnels are refused.
+        followed: list[bytes] = []
+        done = trio.Event()
+
+        async def follow() -> None:
+            async for chunk in pclient.stream_logs(chost, peer, world.owner, domain, job, follow=True):
+                followed.append(chunk)
+            done.set()
+
+        async with trio.open_nursery() as n:
+            n.start_soon(follow)
+            async with pclient.open_tunnel(chost, peer, world.owner, domain, job) as idle:
+                await world.kc.close_job(world.owner, job)
+                await statuses.wait_for(status_of(job, "stopped"))
+                assert await idle.read_all(timeout=10) == b""  # provider ended the pipe
+            with trio.fail_after(10):
+                await done.wait()
+        assert b"kaisar-demo-http listening" in b"".join(followed)
         await ads.wait_for(ad_from(svc, 1))
         info = await container_runtime.status(job)
         assert info is not None and not info.running
