@@ -150,6 +150,21 @@ class CheckerSection:
 
 
 @dataclass(frozen=True)
+class ExplorerSection:
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080  # 0: any free port (the URL is logged)
+    db: str = "var/explorer.sqlite"  # SQLite index (WAL); ":memory:" for a throwaway index
+    chain_events: bool = True  # index contract events when [chain] has an RPC URL + deployment
+    commit_interval: float = 0.25  # seconds between index commits (batching)
+
+    def check(self) -> None:
+        _check(0 < len(self.http_host) <= 255 and " " not in self.http_host, "http_host", "a host name or IP")
+        _check(0 <= self.http_port <= 65535, "http_port", "0..65535")
+        _check(len(self.db) > 0, "db", "a file path or ':memory:'")
+        _check(0.01 <= self.commit_interval <= 60, "commit_interval", "0.01..60 s")
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
     p2p: P2PSection = field(default_factory=P2PSection)
@@ -157,6 +172,7 @@ class Config:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     provider: ProviderSection = field(default_factory=ProviderSection)
     checker: CheckerSection = field(default_factory=CheckerSection)
+    explorer: ExplorerSection = field(default_factory=ExplorerSection)
     base_dir: Path = Path(".")
 
     def path(self, value: str) -> Path:
