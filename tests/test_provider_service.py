@@ -18,6 +18,7 @@ from node.roles.provider import messages as msg  # noqa: E402
 from node.roles.provider.images import DEMO_HTTP_IMAGE, DEMO_HTTP_PORT  # noqa: E402
 from node.roles.provider.runtime import Limits  # noqa: E402
 from node.roles.provider.service import ProviderService, ProviderSettings  # noqa: E402
+from node.roles.provider.state import ProviderState  # noqa: E402
 
 pytest_plugins = ["chain_fixtures"]
 pytestmark = pytest.mark.docker
@@ -238,3 +239,11 @@ async def test_restart_readopts_running_container(world, container_runtime, tmp_
         again = await pclient.send_deploy(chost, phost.peer_id, qc_frame(world, job, me, world.checkers[:2]))
         assert again["t"] == "deployed"
         assert [c.container_id for c in await container_runtime.list_managed()] == [first.container_id]
+    # The job ended while the provider was down: the next start stops it and removes its container.
+    st = ProviderState(state)
+    st.update_job(job, expires=time.time() - 1)
+    st.close()
+    async with provider_world(world, container_runtime, state) as (svc, phost, chost, ads, statuses):
+        assert svc.state.get_job(job).state == "stopped"
+        assert await container_runtime.list_managed() == []
+        await ads.wait_for(ad_from(svc, 1))

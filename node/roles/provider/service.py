@@ -379,7 +379,7 @@ class ProviderService:
             {
                 "job_id": rec.job_id,
                 "round": rec.round,
-                "state": state or (msg.RUNNING if rec.state == "deploying" else rec.state),
+                "state": state or (msg.DEPLOYED if rec.state == "deploying" else rec.state),
                 "reason": rec.reason[:500],
                 "qc_digest": rec.qc_digest,
                 "peer": self.peer,
