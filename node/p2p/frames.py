@@ -98,6 +98,13 @@ class FramedStream:
         del self._buf[:n]
         return out
 
+    def take_buffered(self) -> bytes:
+        """Bytes read ahead past the last frame; a protocol that switches from frames to
+        a raw byte pipe (the tunnel) must hand these on first."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
     async def close(self) -> None:
         try:
             await self.stream.close()

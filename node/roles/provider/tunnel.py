@@ -8,7 +8,7 @@ Frames, then raw bytes::
 
 After the first frame the pipe uses the libp2p stream itself (``framed.stream``):
 frames are only for the handshake. ``FramedStream.recv`` may have read bytes past
-the first frame into its buffer (``_buf``); those are handed on first, on both sides.
+the first frame into its buffer (``take_buffered()``); those are handed on first, on both sides.
 """
 
 from __future__ import annotations
@@ -33,13 +33,6 @@ TOKEN_TIMEOUT = 10.0
 CHUNK = 64 * 1024
 
 
-def take_buffered(framed: FramedStream) -> bytes:
-    """Bytes FramedStream read past the last frame: the start of the raw byte pipe."""
-    data = bytes(framed._buf)  # the frames module keeps its read-ahead here
-    framed._buf.clear()
-    return data
-
-
 async def _read(stream: Any) -> bytes:
     try:
         return await stream.read(CHUNK)
@@ -59,7 +52,7 @@ async def pipe(framed: FramedStream, tcp: trio.SocketStream) -> tuple[int, int]:
     counts = [0, 0]
 
     async def to_container() -> None:
-        head = take_buffered(framed)
+        head = framed.take_buffered()
         if head:
             await tcp.send_all(head)
             counts[0] += len(head)
@@ -105,7 +98,7 @@ class TunnelStream:
 
     def __init__(self, framed: FramedStream) -> None:
         self._framed = framed
-        self._head = take_buffered(framed)
+        self._head = framed.take_buffered()
 
     async def read(self, n: int = CHUNK) -> bytes:
         if self._head:
