@@ -284,9 +284,9 @@ def test_assign_evidence_roundtrip():
     assert ev is not None and ev.kind == KIND_ASSIGN and ev.signer == IDS[0].address
     verify_evidence(DOMAIN, ev)
     assert pool.add_assign(b) is None  # reported once
-    args = ev.contract_args()
-    assert args[0] == KIND_ASSIGN and len(args) == 9
-    assert {args[3], args[7]} == {PROVIDER, OTHER} and len(args[4]) == len(args[8]) == 65
+    fn, args = ev.slash_call()
+    assert fn == "slash_assign" and args[:2] == (4, 2) and len(args) == 6
+    assert {args[2], args[4]} == {PROVIDER, OTHER} and len(args[3]) == len(args[5]) == 65
     with pytest.raises(InvalidVote):
         verify_evidence(Domain(1), ev)  # signatures are bound to the domain
     with pytest.raises(InvalidVote):
@@ -303,6 +303,8 @@ def test_popw_evidence():
     ev = pool.add_popw(sign_popw_vote(IDS[1], DOMAIN, 3, PROVIDER, VERDICT_FAIL, cls))
     assert ev is not None and ev.kind == KIND_POPW
     verify_evidence(DOMAIN, ev)
+    fn, args = ev.slash_call()
+    assert fn == "slash_popw" and args[:2] == (3, PROVIDER) and len(args) == 8
 
 
 def test_popw_vote_rule():

@@ -4,9 +4,11 @@ Slashable (DESIGN section 7, the Staking contract's ``slash``):
 - two ``AssignVote`` signatures, same (jobId, round), different provider;
 - two ``PopwVote`` signatures, same (epoch, provider), different (verdict, gpuClass).
 
-``Evidence`` holds exactly what the contract takes: the kind, both messages' fields and
-both 65-byte signatures; the contract recomputes both digests, recovers the same
-signer from both, checks that the subject is equal and the content differs.
+``Evidence`` holds both messages' fields and both 65-byte signatures;
+``Evidence.slash_call()`` is the Staking contract call (``slash_assign`` /
+``slash_popw``), which recomputes both digests, recovers the same signer from both and
+checks that the subject is equal and the content differs (tests/test_consensus_onchain.py
+submits it to the real contract).
 """
 
 from __future__ import annotations
@@ -31,15 +33,23 @@ class Evidence:
     message_b: dict
     signature_b: bytes
 
-    def contract_args(self) -> tuple:
-        """Arguments of the slashing call: (kind, fields A..., sigA, fields B..., sigB)."""
-        return (
-            self.kind,
-            *self.message_a.values(),
-            self.signature_a,
-            *self.message_b.values(),
-            self.signature_b,
-        )
+    def slash_call(self) -> tuple[str, tuple]:
+        """The Staking contract function and its arguments.
+
+        ``slash_assign(job_id, round, provider_a, sig_a, provider_b, sig_b)`` or
+        ``slash_popw(epoch, provider, verdict_a, gpu_class_a, sig_a, verdict_b,
+        gpu_class_b, sig_b)``.
+        """
+        a, b = self.message_a, self.message_b
+        if self.kind == KIND_ASSIGN:
+            return "slash_assign", (
+                a["jobId"], a["round"], a["provider"], self.signature_a,
+                b["provider"], self.signature_b,
+            )  # fmt: skip
+        return "slash_popw", (
+            a["epoch"], a["provider"], a["verdict"], a["gpuClass"], self.signature_a,
+            b["verdict"], b["gpuClass"], self.signature_b,
+        )  # fmt: skip
 
 
 def assign_message(vote: SignedAssignVote) -> dict:
