@@ -98,6 +98,20 @@ def node_config(network: str, bootstrap: list[str], heartbeat: float) -> Config:
     )
 
 
+async def start_devnet_explorer(bootstrap: list[str], *, task_status=trio.TASK_STATUS_IGNORED):
+    """An explorer (in-memory index, any free HTTP port) peered with every devnet node."""
+    from node.explorer.service import run_explorer
+
+    cfg = from_dict(
+        {
+            "node": {"network": DEVNET_NETWORK},
+            "p2p": {"bootstrap": bootstrap, "gossip_heartbeat": 0.2, "dht": False},
+            "explorer": {"http_port": 0, "db": ":memory:"},
+        }
+    )
+    await run_explorer(cfg, task_status=task_status)
+
+
 async def run_devnet(
     n: int = 5,
     *,
@@ -133,6 +147,8 @@ async def run_devnet(
             )
             hosts.append(host)
             emit("node_started", role=roles[i], address=idents[i].address, peer_id=host.peer_id.to_base58(), addr=host.addrs()[0])
+        explorer = await nursery.start(start_devnet_explorer, [h.addrs()[0] for h in hosts])
+        emit("explorer_started", url=explorer.url)
         reported: set[tuple[int, str]] = set()
         with trio.move_on_after(timeout):
             while True:
