@@ -8,6 +8,7 @@ plus regenerating B (O(n^2)), against the prover's O(rounds * n^3).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -179,7 +180,7 @@ def verify_local(
     ch: Challenge,
     commit: Commitment,
     elapsed: float,
-    prover_open,
+    prover_open: Callable[[bytes, list[tuple[int, int]]], list[Opening]],
     k: int,
     rng: random.Random | None = None,
 ) -> Verdict:
