@@ -1,0 +1,545 @@
+"""The light client: buy a container, wait for a verified deployment, reach it, close it.
+
+One entry object, ``Client``. Two ways to get one::
+
+    # own host and chain connection (what the CLI does)
+    async with Client.open(key=identity, rpc=url, deployment=path, bootstrap=[...]) as c:
+        job = await c.buy("cpu", 1, "kaisar/demo-http:latest", 8080, hours=1)
+        dep = await c.wait_deployed(job, timeout=60, progress=print)
+        await c.connect(job, 8080)        # serves 127.0.0.1:8080 until cancelled
+
+    # an in-process network passes its running host and chain
+    c = Client(identity, host, chain)
+    await c.start()
+
+Resource rules: ``Client`` owns nothing it was given (host, chain); ``Client.open``
+owns and closes both. Every wait on the network has a deadline. Errors are
+``ClientError`` subclasses (or the chain's ``ChainError``) whose message says what is
+missing or what to do; all are ``UserError`` for the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+from eth_utils import keccak
+from libp2p.peer.id import ID
+from web3.logs import DISCARD
+
+from node import wire
+from node.chain.api import JOB_ASSIGNED, JOB_OPEN, Job, KaisarChain
+from node.chain.deploy import Deployment as ChainDeployment
+from node.client import verify
+from node.client.errors import (
+    ClientError,
+    JobEnded,
+    NoProviderFits,
+    VerificationFailed,
+    WaitTimeout,
+)
+from node.client.offers import Offer, OfferBook, check_fit, price_per_second
+from node.consensus import votes
+from node.consensus.checkers import CheckerSet, make_checker_set
+from node.eip712 import Domain
+from node.identity import Identity, peer_id_to_address
+from node.p2p.host import HostOptions, KaisarHost, P2PError, open_host
+from node.roles.provider import client as pclient
+from node.roles.provider import messages as msg
+
+log = logging.getLogger("kaisar.client")
+
+Progress = Callable[[str], None]
+
+JOB_STATES = {1: "open", 2: "assigned", 3: "closed", 4: "done", 5: "failed", 6: "expired"}
+AD_WAIT_S = 12.0  # a provider re-advertises every 10 s by default
+POLL_INTERVAL_S = 0.5
+STATUS_QUERY_TIMEOUT_S = 10.0
+MAX_IMAGE_BYTES = 256
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as the chain records it, plus the provider's signed status when reachable."""
+
+    job_id: int
+    owner: str
+    state: str  # open | assigned | closed | done | failed | expired
+    gpu_class: str
+    count: int
+    image: str
+    port: int
+    duration: int
+    price_per_second: int
+    deposit: int
+    round: int
+    provider: str | None
+    started: int
+    remaining: int
+    provider_status: dict[str, Any] | None = None  # JobStatus body, signature checked
+
+    def to_json(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        if self.provider_status is not None:
+            out["provider_status"] = {
+                k: (v.hex() if isinstance(v, bytes) else v) for k, v in self.provider_status.items()
+            }
+        return out
+
+
+@dataclass(frozen=True)
+class CloseResult:
+    job_id: int
+    refund: int  # wei returned to the owner
+    provider_paid: int  # wei credited to the provider for time served
+    tx_fee: int  # wei the close transaction cost in gas
+
+
+def job_view(job: Job, status: dict[str, Any] | None = None) -> JobView:
+    zero = "0x" + "0" * 40
+    return JobView(
+        job_id=job.job_id,
+        owner=job.owner,
+        state=JOB_STATES.get(job.state, str(job.state)),
+        gpu_class=job.gpu_class.rstrip(b"\x00").decode(errors="replace"),
+        count=job.count,
+        image=job.image,
+        port=job.port,
+        duration=job.duration,
+        price_per_second=job.price,
+        deposit=job.deposit,
+        round=job.round,
+        provider=None if job.provider == zero else job.provider,
+        started=job.started,
+        remaining=job.remaining,
+        provider_status=status,
+    )
+
+
+def spec_hash(gpu_class: str, count: int, image: str, port: int) -> bytes:
+    """What the buyer asked for, hashed canonically (recorded on chain with the job)."""
+    spec = {"gpu_class": gpu_class, "count": count, "image": image, "port": port}
+    return keccak(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode())
+
+
+def check_order(gpu_class: str, count: int, image: str, port: int, hours: float) -> int:
+    """Validate a purchase; return its duration in seconds."""
+    try:
+        votes.gpu_class_id(gpu_class)
+    except ValueError:
+        raise ClientError(
+            f"bad GPU class {gpu_class!r}: 1..32 ASCII bytes, e.g. 'cpu' or 'a100'"
+        ) from None
+    if not 1 <= count <= 64:
+        raise ClientError(f"bad count {count}: 1..64 GPUs")
+    if not image or len(image.encode()) > MAX_IMAGE_BYTES:
+        raise ClientError(f"bad image {image!r}: 1..{MAX_IMAGE_BYTES} bytes")
+    if not 1 <= port <= 65535:
+        raise ClientError(f"bad port {port}: 1..65535 (the container's port)")
+    duration = round(hours * 3600)
+    if duration < 60:
+        raise ClientError(f"bad duration {hours} h: at least one minute (0.02 h)")
+    return duration
+
+
+class Client:
+    """The light client of one owner key over a running host and chain connection."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        host: KaisarHost,
+        chain: KaisarChain,
+        *,
+        ad_wait: float = AD_WAIT_S,
+        poll_interval: float = POLL_INTERVAL_S,
+    ) -> None:
+        self.identity = identity
+        self.host = host
+        self.chain = chain
+        self.ad_wait = ad_wait
+        self.poll_interval = poll_interval
+        self.offers = OfferBook()
+        self._peers: dict[str, str] = {}  # provider address -> peer id, from signed gossip
+        self._statuses: dict[tuple[int, str], wire.Envelope] = {}  # (job, provider) -> newest
+        self._heard = trio.Event()
+        self._started = False
+
+    # lifecycle -------------------------------------------------------------------
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        *,
+        key: Identity,
+        rpc: str,
+        deployment: ChainDeployment | Path | str,
+        bootstrap: Sequence[str] = (),
+        network: str = "devnet",
+        wire_domain: Domain | None = None,
+        listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+        **kwargs: Any,
+    ) -> AsyncIterator[Client]:
+        """Connect to the chain and join the network with ``key``; close both on exit.
+
+        ``wire_domain`` is the EIP-712 domain gossip is signed under; nodes use
+        ``Domain(chain_id)`` (``node.runner.domain_for``), which is the default.
+        """
+        dep = deployment if isinstance(deployment, ChainDeployment) else Path(deployment)
+        chain = await KaisarChain.open(rpc, dep)
+        domain = wire_domain or Domain(chain.deployment.chain_id)
+        options = HostOptions(listen=tuple(listen), bootstrap=tuple(bootstrap), dht=False)
+        try:
+            async with open_host(key, network=network, domain=domain, options=options) as host:
+                client = cls(key, host, chain, **kwargs)
+                await client.start()
+                yield client
+        except P2PError as exc:
+            raise ClientError(f"p2p: {exc}") from None
+
+    async def start(self) -> None:
+        """Listen to ads and job statuses (call once, inside the host's lifetime)."""
+        if self._started:
+            return
+        self._started = True
+        await self.host.subscribe(msg.AD_TOPIC, self._on_ad)
+        await self.host.subscribe(msg.STATUS_TOPIC, self._on_status)
+
+    async def _on_ad(self, env: wire.Envelope, peer: ID) -> None:
+        if env.type != "ProviderAd":
+            return
+        offer = Offer.from_envelope(env)
+        self.offers.add(offer)
+        self._peers[offer.provider] = offer.peer
+        self._wake()
+
+    async def _on_status(self, env: wire.Envelope, peer: ID) -> None:
+        if env.type == "JobStatus":
+            self._peers[env.signer] = env.body["peer"]
+            self._statuses[(env.body["job_id"], env.signer)] = env
+            self._wake()
+        elif env.type == "Heartbeat":
+            self._peers.setdefault(env.signer, env.body["peer"])
+
+    def _wake(self) -> None:
+        self._heard.set()
+        self._heard = trio.Event()
+
+    async def _heard_something(self, timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            await self._heard.wait()
+
+    # buy ---------------------------------------------------------------------------
+
+    async def fitting_offers(
+        self, gpu_class: str, count: int, max_price: int | None = None, *, wait: float | None = None
+    ) -> list[Offer]:
+        """Fresh offers that fit, cheapest first; waits up to ``wait`` s to hear one.
+
+        Raises NoProviderFits naming what is missing (class, free GPUs, price).
+        """
+        deadline = trio.current_time() + (self.ad_wait if wait is None else wait)
+        while True:
+            try:
+                return check_fit(self.offers.fresh(), gpu_class, count, max_price)
+            except ValueError as exc:
+                left = deadline - trio.current_time()
+                if left <= 0:
+                    raise NoProviderFits(
+                        f"no provider can take this job: {exc}; nothing was paid"
+                    ) from None
+            await self._heard_something(min(left, 1.0))
+
+    async def buy(
+        self,
+        gpu_class: str,
+        count: int,
+        image: str,
+        port: int,
+        hours: float,
+        max_price: int | None = None,
+    ) -> int:
+        """Buy a container: check fresh ads first, then pay the escrow; returns the job id.
+
+        ``max_price`` is wei per GPU-hour. The job pays the cheapest fitting offer's
+        price (rounded up to wei per second for the whole job).
+        """
+        duration = check_order(gpu_class, count, image, port, hours)
+        if max_price is not None and max_price <= 0:
+            raise ClientError(f"bad max price {max_price}: wei per GPU-hour, > 0")
+        best = (await self.fitting_offers(gpu_class, count, max_price))[0]
+        pps = price_per_second(best.price_per_gpu_hour, count)
+        job_id = await self.chain.create_job(
+            self.identity,
+            spec_hash=spec_hash(gpu_class, count, image, port),
+            gpu_class=votes.gpu_class_id(gpu_class),
+            count=count,
+            image=image,
+            port=port,
+            duration=duration,
+            price_per_second=pps,
+        )
+        log.info(
+            "event=job_bought job=%d class=%s count=%d price_per_second=%d",
+            job_id,
+            gpu_class,
+            count,
+            pps,
+        )
+        return job_id
+
+    # chain reads -------------------------------------------------------------------
+
+    async def my_job(self, job_id: int) -> Job:
+        """The job, if it exists and this key owns it."""
+        if job_id < 0:
+            raise ClientError(f"bad job id {job_id}")
+        job = await self.chain.get_job(job_id)
+        if not job.exists:
+            raise ClientError(
+                f"unknown job {job_id}: no such job on this chain (see 'kaisar client ls')"
+            )
+        if job.owner != self.identity.address:
+            raise ClientError(
+                f"job {job_id} belongs to {job.owner}, not to this key {self.identity.address}"
+            )
+        return job
+
+    async def checker_set(self) -> CheckerSet:
+        cs = await self.chain.active_checkers()
+        if not cs.node_keys:
+            raise VerificationFailed(
+                "the chain has no active checkers: no certificate can be valid"
+            )
+        return make_checker_set(zip(cs.node_keys, cs.stakes, strict=True))
+
+    async def chain_qc(self, job: Job) -> list[bytes]:
+        """The AssignVote signatures of the transaction that assigned ``job`` (may be [])."""
+        escrow, w3 = self.chain.escrow, self.chain.client.w3
+        start = self.chain.deployment.block
+
+        def read() -> list[bytes]:
+            entries = escrow.events.JobAssigned().get_logs(
+                from_block=start, argument_filters={"job_id": job.job_id}
+            )
+            for entry in reversed(entries):
+                tx = w3.eth.get_transaction(entry["transactionHash"])
+                try:
+                    fn, args = escrow.decode_function_input(tx["input"])
+                except ValueError:  # assigned through another contract: no direct input
+                    continue
+                if (
+                    fn.fn_name == "assign"
+                    and args["job_id"] == job.job_id
+                    and args["round"] == job.round
+                ):
+                    return [bytes(s) for s in args["sigs"]]
+            return []
+
+        return await self.chain.client.run(read)
+
+    async def ls(self) -> list[JobView]:
+        """This key's jobs (JobCreated events by owner), oldest first, with chain state."""
+        escrow, owner = self.chain.escrow, self.identity.address
+        start = self.chain.deployment.block
+
+        def read() -> list[int]:
+            entries = escrow.events.JobCreated().get_logs(
+                from_block=start, argument_filters={"owner": owner}
+            )
+            return sorted({int(e["args"]["job_id"]) for e in entries})
+
+        ids = await self.chain.client.run(read)
+        return [job_view(await self.chain.get_job(i)) for i in ids]
+
+    # provider lookup ---------------------------------------------------------------
+
+    def provider_peer(self, provider: str) -> ID | None:
+        """The provider's peer id from its own signed gossip, or a connected peer's key."""
+        known = self._peers.get(provider)
+        if known:
+            return ID.from_base58(known)
+        for peer in self.host.connected_peers():
+            try:
+                if peer_id_to_address(peer) == provider:
+                    return peer
+            except Exception:  # not a secp256k1 peer id
+                continue
+        return None
+
+    async def _reach(self, provider: str) -> ID | None:
+        peer = self.provider_peer(provider)
+        if peer is None:
+            return None
+        offer = self.offers.get(provider)
+        if offer is not None and peer not in self.host.connected_peers():
+            for addr in offer.addrs:
+                full = addr if "/p2p/" in addr else f"{addr}/p2p/{peer.to_base58()}"
+                try:
+                    await self.host.connect(full)
+                    break
+                except P2PError as exc:
+                    log.debug("event=provider_dial_failed addr=%s err=%s", full, exc)
+        return peer
+
+    async def _provider_status(self, job: Job) -> tuple[wire.Envelope, list[bytes]] | None:
+        """Ask the assigned provider (as owner) for its signed status and QC; None if unreachable."""
+        peer = await self._reach(job.provider)
+        if peer is None:
+            return None
+        with trio.move_on_after(STATUS_QUERY_TIMEOUT_S):
+            try:
+                return await pclient.query_status(
+                    self.host, peer, self.identity, self.chain.domain, job.job_id
+                )
+            except (pclient.ProviderRefused, P2PError, wire.WireError, OSError) as exc:
+                log.debug("event=status_query_failed job=%d err=%s", job.job_id, exc)
+            except Exception as exc:  # frame errors, resets: the provider is not ready yet
+                log.debug("event=status_query_failed job=%d err=%r", job.job_id, exc)
+        return None
+
+    # wait -------------------------------------------------------------------------
+
+    async def wait_deployed(
+        self, job_id: int, *, timeout: float = 120.0, progress: Progress | None = None
+    ) -> verify.Deployment:
+        """Return once the job is assigned on chain, certified by a checker quorum and
+        reported up by the assigned provider's signature; every part verified here.
+
+        Raises WaitTimeout (naming the missing step), JobEnded, or VerificationFailed
+        when a claim is forged (the provider's QC or status does not verify).
+        """
+        say = _Once(progress)
+        await self.my_job(job_id)
+        missing = "the on-chain assignment"
+        with trio.move_on_after(timeout):
+            while True:
+                job = await self.chain.get_job(job_id)
+                if job.state == JOB_OPEN:
+                    say("waiting for assignment")
+                    missing = "the on-chain assignment (no checker quorum assigned the job yet)"
+                elif job.state == JOB_ASSIGNED:
+                    say(f"assigned to {job.provider} round {job.round}")
+                    say("waiting for provider")
+                    missing = (
+                        f"the provider's signed status (provider {job.provider} did not answer)"
+                    )
+                    found = await self._try_verify(job)
+                    if found is not None:
+                        say("deployed")
+                        return found
+                else:
+                    raise JobEnded(
+                        f"job {job_id} ended on chain: {JOB_STATES.get(job.state, job.state)}"
+                    )
+                await self._heard_something(self.poll_interval)
+        raise WaitTimeout(
+            f"job {job_id} not deployed after {timeout:g} s: still waiting for {missing}"
+        )
+
+    async def _try_verify(self, job: Job) -> verify.Deployment | None:
+        got = await self._provider_status(job)
+        if got is None:
+            return None
+        env, provider_sigs = got
+        if env.body["state"] not in verify.LIVE_STATES and env.signer == job.provider:
+            return None  # not up yet (or failed: checkers will move the job)
+        checkers = await self.checker_set()
+        on_chain = await self.chain_qc(job)
+        try:
+            return verify.verify_deployment(
+                self.chain.domain, checkers, job, env, [on_chain, provider_sigs]
+            )
+        except verify.Rejected as exc:
+            raise VerificationFailed(
+                f"job {job.job_id}: deployment does not verify: {exc}"
+            ) from None
+
+    # status, logs, close ------------------------------------------------------------
+
+    async def status(self, job_id: int) -> JobView:
+        """The job on chain, with the provider's signed status when it answers."""
+        job = await self.my_job(job_id)
+        body = None
+        if job.state == JOB_ASSIGNED:
+            got = await self._provider_status(job)
+            if got is not None and got[0].signer == job.provider:
+                body = {k: v for k, v in got[0].body.items()}
+        return job_view(job, body)
+
+    async def logs(self, job_id: int, *, follow: bool = False) -> AsyncIterator[bytes]:
+        """The container's output, from the provider the chain assigned the job to."""
+        job = await self.my_job(job_id)
+        if job.state != JOB_ASSIGNED:
+            raise ClientError(f"job {job_id} has no container: it is {JOB_STATES.get(job.state)}")
+        peer = await self._reach(job.provider)
+        if peer is None:
+            raise ClientError(
+                f"provider {job.provider} of job {job_id} is unknown here: no ad or status heard yet"
+            )
+        try:
+            async for chunk in pclient.stream_logs(
+                self.host, peer, self.identity, self.chain.domain, job_id, follow=follow
+            ):
+                yield chunk
+        except pclient.ProviderRefused as exc:
+            raise ClientError(f"provider refused logs of job {job_id}: {exc.reason}") from None
+
+    async def close(self, job_id: int) -> CloseResult:
+        """End the job now: the provider is paid for time served, the rest is refunded."""
+        job = await self.my_job(job_id)
+        if job.state not in (JOB_OPEN, JOB_ASSIGNED):
+            raise JobEnded(
+                f"job {job_id} is already {JOB_STATES.get(job.state)}: nothing to refund"
+            )
+        receipt = await self.chain.close_job(self.identity, job_id)
+        ev = self.chain.escrow.events.JobClosed().process_receipt(receipt, errors=DISCARD)
+        args = ev[0]["args"] if ev else {}
+        fee = int(receipt["gasUsed"]) * int(receipt.get("effectiveGasPrice", 0))
+        return CloseResult(
+            job_id, int(args.get("refund", 0)), int(args.get("provider_paid", 0)), fee
+        )
+
+    # connect -----------------------------------------------------------------------
+
+    async def connect(
+        self,
+        job_id: int,
+        local_port: int,
+        *,
+        host: str = "127.0.0.1",
+        task_status: Any = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve ``host:local_port`` until cancelled; each TCP connection is one tunnel.
+
+        ``task_status.started(port)`` reports the bound port (``local_port=0``: any).
+        """
+        from node.client.forward import Forwarder
+
+        await Forwarder(self, job_id).serve(local_port, host=host, task_status=task_status)
+
+
+class _Once:
+    """Progress lines, each said once, in order."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress
+        self._said: set[str] = set()
+
+    def __call__(self, line: str) -> None:
+        if line not in self._said:
+            self._said.add(line)
+            if self._progress is not None:
+                self._progress(line)
+
+
+def unix_now() -> float:
+    return time.time()

@@ -1,0 +1,184 @@
+"""``kaisar client connect``: a local TCP port whose connections are tunnels to a job.
+
+Each accepted TCP connection becomes one owner-authorized ``/kaisar/tunnel/1`` stream
+to the provider of the job's *current verified* deployment, and bytes are piped both
+ways:
+
+- local EOF half-closes the tunnel (the container still answers; HTTP/1.0 clients and
+  ``nc -N`` rely on this); tunnel EOF (the container or provider closed) closes the
+  local connection;
+- the route is re-read from the chain at most every ``recheck`` seconds, and at once
+  when opening a tunnel fails; a new (round, provider) is verified like ``wait`` does
+  before any connection goes there. So after a failover (``JobReassigned``, then a new
+  ``JobAssigned``) new connections reach the new provider; connections open at the
+  time of the failure end with it.
+
+Error rules: a connection whose tunnel cannot be opened after one re-route is closed
+and logged (the listener keeps serving); a job that ended on chain stops the service
+with JobEnded.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from node.chain.api import JOB_ASSIGNED, JOB_OPEN
+from node.client.errors import ClientError, JobEnded
+from node.client.verify import Deployment
+from node.p2p.host import P2PError
+from node.roles.provider import client as pclient
+
+if TYPE_CHECKING:
+    from node.client.api import Client
+
+log = logging.getLogger("kaisar.client.connect")
+
+CHUNK = 64 * 1024
+RECHECK_S = 1.0
+REROUTE_TIMEOUT_S = 120.0
+
+
+async def send_eof(tunnel: pclient.TunnelStream) -> None:
+    """Half-close our direction of the tunnel (yamux FIN); reading continues."""
+    eof = getattr(tunnel, "send_eof", None)
+    if eof is not None:
+        await eof()
+        return
+    # TunnelStream has no send_eof yet: a libp2p yamux stream's close() is a half-close.
+    await tunnel._framed.stream.close()
+
+
+async def pipe_local(tcp: trio.SocketStream, tunnel: pclient.TunnelStream) -> tuple[int, int]:
+    """Copy bytes until the tunnel ends; returns (bytes up, bytes down)."""
+    counts = [0, 0]
+
+    async def up() -> None:
+        while True:
+            try:
+                data = await tcp.receive_some(CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                await send_eof(tunnel)
+                return
+            await tunnel.write(data)
+            counts[0] += len(data)
+
+    async def down() -> None:
+        while data := await tunnel.read(CHUNK):
+            await tcp.send_all(data)
+            counts[1] += len(data)
+        nursery.cancel_scope.cancel()  # the container side is done: end both directions
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(up)
+            nursery.start_soon(down)
+    except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    except* Exception as group:  # libp2p write on a reset stream: the provider went away
+        log.debug("event=local_pipe_ended err=%r", group.exceptions[0])
+    return counts[0], counts[1]
+
+
+class Forwarder:
+    def __init__(self, client: Client, job_id: int, *, recheck: float = RECHECK_S) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.recheck = recheck
+        self.route: Deployment | None = None
+        self._checked_at = -1e9
+        self._lock = trio.Lock()
+        self.connections = 0
+
+    async def current(self, *, force: bool = False) -> Deployment:
+        """The verified deployment new connections go to (re-verified after a move)."""
+        async with self._lock:
+            now = trio.current_time()
+            if self.route is not None and not force and now - self._checked_at < self.recheck:
+                return self.route
+            job = await self.client.chain.get_job(self.job_id)
+            if job.state not in (JOB_OPEN, JOB_ASSIGNED):
+                raise JobEnded(f"job {self.job_id} ended on chain; nothing to connect to")
+            r = self.route
+            if (
+                r is None
+                or job.state != JOB_ASSIGNED
+                or (job.round, job.provider) != (r.round, r.provider)
+            ):
+                if r is not None:
+                    log.info(
+                        "event=job_moved job=%d from=%s round=%d", self.job_id, r.provider, r.round
+                    )
+                self.route = None
+                r = await self.client.wait_deployed(self.job_id, timeout=REROUTE_TIMEOUT_S)
+                self.route = r
+                log.info(
+                    "event=route job=%d provider=%s round=%d peer=%s",
+                    self.job_id,
+                    r.provider,
+                    r.round,
+                    r.peer,
+                )
+            self._checked_at = trio.current_time()
+            return r
+
+    async def serve(
+        self, port: int, *, host: str = "127.0.0.1", task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        await self.current(force=True)  # refuse to listen for a job that is not deployed
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            raise ClientError(
+                f"cannot listen on {host}:{port}: {exc.strerror}; pick another --local-port"
+            ) from None
+        bound = listeners[0].socket.getsockname()[1]
+        log.info("event=connect_listening job=%d addr=%s:%d", self.job_id, host, bound)
+        async with trio.open_nursery() as nursery:
+            task_status.started(bound)
+            await trio.serve_listeners(self.handle, listeners, handler_nursery=nursery)
+
+    async def handle(self, tcp: trio.SocketStream) -> None:
+        """One local connection -> one tunnel; always closes ``tcp``."""
+        self.connections += 1
+        try:
+            for attempt in range(2):
+                try:
+                    route = await self.current(force=attempt > 0)
+                except JobEnded as exc:
+                    log.warning("event=connection_refused job=%d reason=%s", self.job_id, exc)
+                    return
+                except ClientError as exc:
+                    log.warning("event=connection_refused job=%d reason=%s", self.job_id, exc)
+                    return
+                try:
+                    peer = pclient_peer(route)
+                    async with pclient.open_tunnel(
+                        self.client.host,
+                        peer,
+                        self.client.identity,
+                        self.client.chain.domain,
+                        self.job_id,
+                    ) as tunnel:
+                        up, down = await pipe_local(tcp, tunnel)
+                        log.debug(
+                            "event=connection_closed job=%d up=%d down=%d", self.job_id, up, down
+                        )
+                        return
+                except (pclient.TunnelRefused, P2PError) as exc:
+                    log.info(
+                        "event=tunnel_failed job=%d attempt=%d err=%s", self.job_id, attempt, exc
+                    )
+        finally:
+            with trio.CancelScope(shield=True):
+                await tcp.aclose()
+
+
+def pclient_peer(route: Deployment) -> Any:
+    from libp2p.peer.id import ID
+
+    return ID.from_base58(route.peer)
