@@ -153,3 +153,26 @@ def test_device_identity_for_commits():
     cpu = device_identity("numpy", "AMD EPYC", read_inventory(FakeNvml(gpus=0)))
     assert cpu["backend"] == "numpy" and cpu["cpus"] >= 1 and "uuid" not in cpu
     assert len(gpu) <= 16 and len(cpu) <= 16  # fits the commit decoder's device limits
+
+
+def test_old_or_broken_pynvml_never_crashes():
+    class Old(FakeNvml):
+        nvmlSystemGetCudaDriverVersion = None  # not a function in this "version"
+
+        def __getattribute__(self, name):
+            if name in (
+                "nvmlSystemGetCudaDriverVersion",
+                "nvmlDeviceGetEnforcedPowerManagementLimit",
+            ):
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    inv = read_inventory(Old())
+    assert inv.count == 2 and inv.cuda_version is None and inv.gpus[0].power_limit_w is None
+
+    class Broken(FakeNvml):
+        def nvmlDeviceGetCount(self):
+            return "two"  # odd return type
+
+    assert read_inventory(Broken()).cpu_only
+    assert read_inventory(object()).cpu_only  # no NVML functions at all

@@ -85,7 +85,7 @@ def _optional(nvml: Any, fn: str, *args: Any) -> Any:
     """One NVML query that may be unsupported on this board: None instead of an error."""
     try:
         return getattr(nvml, fn)(*args)
-    except _nvml_error_type(nvml) as exc:
+    except (_nvml_error_type(nvml), AttributeError) as exc:  # AttributeError: older pynvml
         log.debug("nvml_query_failed fn=%s error=%s", fn, exc)
         return None
 
@@ -127,6 +127,8 @@ def read_inventory(nvml: Any | None = None) -> Inventory:
         return _cpu_only(f"NVML unavailable ({exc}): no NVIDIA driver or GPU, CPU only")
     except OSError as exc:  # some versions surface a missing libnvidia-ml.so this way
         return _cpu_only(f"NVML library not loadable ({exc}): CPU only")
+    except Exception as exc:
+        return _cpu_only(f"NVML unusable ({type(exc).__name__}: {exc}): CPU only")
     try:
         driver = _text(nvml.nvmlSystemGetDriverVersion())
         cuda = _optional(nvml, "nvmlSystemGetCudaDriverVersion")
@@ -134,6 +136,9 @@ def read_inventory(nvml: Any | None = None) -> Inventory:
         gpus = [_gpu(nvml, i) for i in range(count)]
     except err as exc:
         return _cpu_only(f"NVML error while listing GPUs ({exc}): CPU only")
+    except Exception as exc:  # a pynvml without a function, odd return types, ...
+        log.warning("nvml_unexpected_failure error=%r", exc)
+        return _cpu_only(f"unexpected NVML failure ({type(exc).__name__}: {exc}): CPU only")
     finally:
         try:
             nvml.nvmlShutdown()
