@@ -260,3 +260,22 @@ async def test_concurrent_challenges_one_answers_one_is_busy():
     assert sorted(verdicts) == [BUSY, PASS]
     verdict, _ = await exchange(prover, new_challenge(32, 2, GENEROUS))  # released afterwards
     assert verdict.status == PASS
+
+
+async def test_serve_popw_stream_never_raises_and_closes():
+    checker_end, provider_end = memory_pair()
+    await checker_end.send({"t": "nonsense"})
+    assert await protocol.serve_popw_stream(provider_end, Prover()) is False
+    with pytest.raises(FrameError):  # the provider closed its end
+        await checker_end.recv(timeout=1.0)
+
+    checker_end, provider_end = memory_pair()
+    async with trio.open_nursery() as nursery:
+        done = []
+
+        async def serve():
+            done.append(await protocol.serve_popw_stream(provider_end, Prover()))
+
+        nursery.start_soon(serve)
+        verdict = await protocol.run_challenge(checker_end, new_challenge(32, 2, GENEROUS))
+    assert verdict.status == PASS and done == [True]

@@ -14,6 +14,7 @@ challenge). Decoders check types, lengths and ranges and raise only ``PopwError`
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,8 +52,11 @@ __all__ = [
     "PROTOCOL_ID",
     "ResponderLimits",
     "respond_popw",
+    "serve_popw_stream",
     "run_challenge",
 ]
+
+log = logging.getLogger(__name__)
 
 CHALLENGE_MAX_BYTES = 512
 OPEN_MAX_BYTES = 64 + MAX_OPENINGS * 16
@@ -310,6 +314,26 @@ async def respond_popw(
             return
         retry_after = ch.deadline  # another checker's exchange holds the device
     await _send(framed, encode_busy(ch.id, min(max(retry_after, 0.0), MAX_RETRY_AFTER)))
+
+
+async def serve_popw_stream(
+    framed: FramedStream,
+    prover: Prover,
+    *,
+    busy: BusyPolicy | None = None,
+    limits: ResponderLimits = ResponderLimits(),
+) -> bool:
+    """The whole provider-side stream handler: answer, log a misbehaving checker, always
+    close the stream. Returns True if the exchange completed. Never raises (except
+    trio.Cancelled), so a bad checker cannot take down the handler's nursery."""
+    try:
+        await respond_popw(framed, prover, busy=busy, limits=limits)
+        return True
+    except (PopwError, FrameError) as exc:
+        log.info("popw_exchange_dropped reason=%r", str(exc))
+        return False
+    finally:
+        await framed.close()
 
 
 async def _answer(framed: FramedStream, prover: Prover, ch: Challenge, open_timeout: float) -> None:
