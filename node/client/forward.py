@@ -93,6 +93,7 @@ class Forwarder:
         self._checked_at = -1e9
         self._lock = trio.Lock()
         self.connections = 0
+        self.refused = 0  # connections closed because no tunnel could be opened
 
     async def current(self, *, force: bool = False) -> Deployment:
         """The verified deployment new connections go to (re-verified after a move)."""
@@ -129,7 +130,14 @@ class Forwarder:
     async def serve(
         self, port: int, *, host: str = "127.0.0.1", task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
-        await self.current(force=True)  # refuse to listen for a job that is not deployed
+        """Verify the deployment, then listen (a job that is not deployed is refused)."""
+        await self.current(force=True)
+        await self.serve_listening(port, host=host, task_status=task_status)
+
+    async def serve_listening(
+        self, port: int, *, host: str = "127.0.0.1", task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen on ``host:port`` until cancelled; ``task_status.started(bound_port)``."""
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
@@ -149,10 +157,8 @@ class Forwarder:
             for attempt in range(2):
                 try:
                     route = await self.current(force=attempt > 0)
-                except JobEnded as exc:
-                    log.warning("event=connection_refused job=%d reason=%s", self.job_id, exc)
-                    return
-                except ClientError as exc:
+                except ClientError as exc:  # job ended, or the new route does not verify
+                    self.refused += 1
                     log.warning("event=connection_refused job=%d reason=%s", self.job_id, exc)
                     return
                 try:
@@ -170,6 +176,8 @@ class Forwarder:
                         )
                         return
                 except (pclient.TunnelRefused, P2PError) as exc:
+                    if attempt:
+                        self.refused += 1
                     log.info(
                         "event=tunnel_failed job=%d attempt=%d err=%s", self.job_id, attempt, exc
                     )

@@ -1,0 +1,148 @@
+"""The light client against a real provider: real libp2p, the embedded chain, real Docker.
+
+No checker role here: the test certifies the assignment exactly as checkers would
+(AssignVotes signed by genesis checker keys, ``KaisarChain.assign``, then the deploy
+command with the same certificate to the provider).
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+import pytest
+
+pytest.register_assert_rewrite("chain_fixtures")
+import trio  # noqa: E402
+from chain_fixtures import ident  # noqa: E402
+
+from node.client import ClientError, JobEnded  # noqa: E402
+from node.client.api import Client  # noqa: E402
+from node.client.forward import Forwarder  # noqa: E402
+from node.devnet import start_network  # noqa: E402
+from node.popw.inventory import Inventory  # noqa: E402
+from node.roles.provider import client as pclient  # noqa: E402
+from node.roles.provider.images import DEMO_HTTP_IMAGE, DEMO_HTTP_PORT  # noqa: E402
+from node.roles.provider.runtime import Limits  # noqa: E402
+from node.roles.provider.service import ProviderService, ProviderSettings  # noqa: E402
+
+pytest_plugins = ["chain_fixtures"]
+pytestmark = pytest.mark.docker
+
+SETTINGS = ProviderSettings(
+    ad_interval=0.3,
+    max_gpus=1,
+    status_interval=0.3,
+    chain_poll_interval=0.3,
+    max_tunnels_per_job=4,
+    limits=Limits(memory_bytes=64 * 1024 * 1024, cpus=0.5, pids=64),
+)
+
+
+@asynccontextmanager
+async def client_world(world, container_runtime, tmp_path):
+    """A provider (key providers[0]) running ProviderService and the owner's Client."""
+    async with start_network(2, identities=[world.providers[0], world.owner]) as (phost, chost):
+        async with trio.open_nursery() as nursery:
+            svc = ProviderService(
+                phost,
+                SETTINGS,
+                tmp_path / "p.sqlite",
+                chain=world.kc,
+                runtime=container_runtime,
+                inventory=Inventory(cpu="test", cpu_count=2),
+            )
+            await nursery.start(svc.run)
+            client = Client(world.owner, chost, world.kc, ad_wait=10.0, poll_interval=0.2)
+            await client.start()
+            yield svc, client, nursery
+            nursery.cancel_scope.cancel()
+
+
+async def certify(world, client: Client, job_id: int, provider_peer) -> None:
+    """What the checker quorum does: QC on chain, then the deploy command to the provider."""
+    provider = world.providers[0].address
+    sigs = world.assign_sigs(job_id, 0, provider, world.checkers[:2])
+    await world.kc.assign(world.outsider, job_id, 0, provider, sigs)
+    frame = {"t": "deploy", "job_id": job_id, "round": 0, "provider": provider, "sigs": sigs}
+    reply = await pclient.send_deploy(client.host, provider_peer, frame)
+    assert reply["t"] == "deployed", reply
+
+
+async def http_get(port: int, path: str) -> bytes:
+    """An HTTP/1.0 request through the local port, half-closing after the request."""
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    async with tcp:
+        await tcp.send_all(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        await tcp.send_eof()  # half-close: the answer must still come back
+        out = bytearray()
+        with trio.fail_after(15):
+            try:
+                while chunk := await tcp.receive_some(65536):
+                    out += chunk
+            except trio.BrokenResourceError:  # closed unread: a refused connection
+                pass
+        return bytes(out)
+
+
+async def test_buy_wait_connect_logs_close(world, container_runtime, tmp_path):
+    owner = world.owner.address
+    async with client_world(world, container_runtime, tmp_path) as (svc, client, nursery):
+        job = await client.buy("cpu", 1, DEMO_HTTP_IMAGE, DEMO_HTTP_PORT, hours=1)
+        view = await client.status(job)
+        assert view.state == "open" and view.provider is None
+
+        lines: list[str] = []
+        async with trio.open_nursery() as n:
+
+            async def wait() -> None:
+                dep = await client.wait_deployed(job, timeout=30, progress=lines.append)
+                assert dep.provider == world.providers[0].address and dep.state in (
+                    "deployed",
+                    "running",
+                )
+                assert dep.container_port == DEMO_HTTP_PORT and len(dep.qc_signers) == 2
+
+            n.start_soon(wait)
+            with trio.fail_after(10):
+                while "waiting for assignment" not in lines:
+                    await trio.sleep(0.05)
+            await certify(world, client, job, svc.host.peer_id)
+        assert lines[0] == "waiting for assignment" and lines[-1] == "deployed"
+        assert any(line.startswith("assigned to 0x") and line.endswith("round 0") for line in lines)
+
+        # connect: two requests through 127.0.0.1, each its own tunnel, both answered.
+        port = await nursery.start(client.connect, job, 0)
+        pages = [await http_get(port, f"/cgi-bin/echo?q{i}") for i in (1, 2)]
+        for i, page in enumerate(pages, 1):
+            assert (
+                b"200 OK" in page
+                and f"query=q{i}".encode() in page
+                and f"job={job}".encode() in page
+            )
+
+        # Another key cannot use this job: the API refuses, and a raw tunnel attempt with
+        # a stranger's token is refused by the provider (the local connection just closes).
+        stranger = Client(ident("stranger"), client.host, world.kc)
+        with pytest.raises(ClientError, match=f"job {job} belongs to {owner}"):
+            await stranger.wait_deployed(job, timeout=1)
+        fwd = Forwarder(stranger, job)
+        fwd.route = await client.wait_deployed(job, timeout=5)
+        fwd._checked_at = 1e18  # use this route, do not re-read it
+        sport = await nursery.start(fwd.serve_listening, 0)
+        assert await http_get(sport, "/cgi-bin/echo?stolen") == b""
+        assert fwd.refused == 1  # the provider said no to the stranger's token
+
+        view = await client.status(job)
+        assert view.state == "assigned" and view.provider_status["state"] == "running"
+        assert [v.job_id for v in await client.ls()] == [job]
+        logs = b"".join([c async for c in client.logs(job)])
+        assert b"kaisar-demo-http listening" in logs
+
+        # close: refund of the unused part, balance up by exactly that minus gas.
+        before = world.h.balance(owner)
+        deposit = (await world.kc.get_job(job)).deposit
+        result = await client.close(job)
+        assert result.refund > 0 and result.refund + result.provider_paid == deposit
+        assert world.h.balance(owner) - before == result.refund - result.tx_fee
+        with pytest.raises(JobEnded, match="already closed"):
+            await client.close(job)
