@@ -122,24 +122,32 @@ def test_invalid_challenges_are_refused(field, value):
         validate_challenge(Challenge(**{**ch.__dict__, field: value}))
 
 
-def test_merkle_proofs_bind_row_and_index():
-    rows = prg.matrix(b"\x03" * 32, b"A", 16).astype(np.int8)
+@pytest.mark.parametrize("n", [16, 32, 256, 2048])
+def test_merkle_proofs_bind_row_and_index(n):
+    rows = prg.matrix(b"\x03" * 32, b"A", n).astype(np.int8)
     levels = merkle.build_levels(merkle.leaf_hashes(rows))
     root = merkle.root_of(levels)
-    for j in range(16):
+    size = merkle.proof_length(n)
+    assert size == {16: 15, 32: 16, 256: 30, 2048: 37}[n]
+    for j in sorted({0, 1, 15, n // 2 + 3, n - 1}):
+        row = rows[j].tobytes()
         proof = merkle.proof_of(levels, j)
-        assert merkle.is_valid_proof(rows[j].tobytes(), j, proof, 4, root)
-        assert not merkle.is_valid_proof(rows[j].tobytes(), j ^ 1, proof, 4, root)
-        assert not merkle.is_valid_proof(rows[j].tobytes(), j, proof[:-1], 3, root)
-        bad = bytearray(rows[j].tobytes())
+        assert len(proof) == size and merkle.is_valid_proof(row, j, proof, n, root)
+        assert not merkle.is_valid_proof(row, j ^ 1, proof, n, root)  # index is bound
+        assert not merkle.is_valid_proof(row, j, proof[:-1], n, root)  # exact length
+        assert not merkle.is_valid_proof(row, j, proof[1:] + proof[:1], n, root)  # order
+        bad = bytearray(row)
         bad[0] = (bad[0] + 1) % 256
-        assert not merkle.is_valid_proof(bytes(bad), j, proof, 4, root)
+        assert not merkle.is_valid_proof(bytes(bad), j, proof, n, root)
     # an inner node is not a leaf (domain separation)
-    inner = levels[1][0]
-    assert not merkle.is_valid_proof(
-        levels[0][0] + levels[0][1], 0, merkle.proof_of(levels, 0)[1:], 3, root
-    )
-    assert inner != merkle.hash_leaf(levels[0][0] + levels[0][1])
+    group = levels[0][:16]
+    assert levels[1][0] != merkle.hash_leaf(b"".join(group))
+
+
+def test_merkle_root_of_a_two_level_tree_by_hand():
+    leaves = [bytes([i]) * 32 for i in range(32)]
+    parents = [merkle.hash_node(leaves[:16]), merkle.hash_node(leaves[16:])]
+    assert merkle.root_of(merkle.build_levels(leaves)) == merkle.hash_node(parents)
 
 
 def test_single_threaded_blas_gives_the_same_products():

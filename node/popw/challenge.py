@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from node.popw.merkle import proof_length
+
 PROTOCOL_ID = "/kaisar/popw/1"
 
 # Centred reduction modulus: entries stay in [-2, 2] (= [-(P-1)/2, (P-1)/2]).
@@ -55,9 +57,9 @@ class Challenge:
         return self.rounds // self.stride
 
     @property
-    def depth(self) -> int:
-        """Merkle proof length (log2 n)."""
-        return self.n.bit_length() - 1
+    def proof_len(self) -> int:
+        """Hashes in one Merkle proof (37 at n = 2048: the tree is 16-ary)."""
+        return proof_length(self.n)
 
 
 def is_power_of_two(x: int) -> bool:

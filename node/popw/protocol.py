@@ -77,7 +77,7 @@ def commit_frame_limit(ch: Challenge) -> int:
 
 
 def proofs_frame_limit(ch: Challenge, k: int) -> int:
-    per = 64 + 2 * (ch.n + 5) + 2 * ch.depth * (merkle.HASH_SIZE + 2)
+    per = 64 + 2 * (ch.n + 5) + 2 * (ch.proof_len * (merkle.HASH_SIZE + 2) + 5)
     return 64 + k * per
 
 
@@ -246,9 +246,9 @@ def decode_proofs(obj: Any, ch: Challenge) -> list[Opening]:
                 commit=_int(o, "c", 1, ch.commits),
                 row=_int(o, "j", 0, ch.n - 1),
                 prev=_bytes(o, "prev", max_size=ch.n),
-                prev_proof=_hash_list(o["prev_proof"], "prev_proof", ch.depth),
+                prev_proof=_hash_list(o["prev_proof"], "prev_proof", ch.proof_len),
                 cur=_bytes(o, "cur", ch.n),
-                proof=_hash_list(o["proof"], "proof", ch.depth),
+                proof=_hash_list(o["proof"], "proof", ch.proof_len),
             )
         )
     return out

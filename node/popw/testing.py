@@ -109,7 +109,7 @@ class LazyProver(Prover):
                 x = centred_reduce(x @ b)
                 rows.append(x.astype(np.int8)[0].tobytes())
             prev = rows[-1 - ch.stride] if c > 1 else b""
-            fake = [os.urandom(32) for _ in range(ch.depth)]
+            fake = [os.urandom(32) for _ in range(ch.proof_len)]
             out.append(Opening(c, j, prev, fake if c > 1 else [], rows[-1], fake))
         return out
 
@@ -174,7 +174,7 @@ class LastStepLazyProver(Prover):
                     x = prg.matrix_rows(ch.seed, b"A", ch.n, [op.row])
                 for _ in range(ch.stride):
                     x = centred_reduce(x @ b)
-                fake = [os.urandom(32) for _ in range(ch.depth)]
+                fake = [os.urandom(32) for _ in range(ch.proof_len)]
                 op = replace(op, cur=x.astype(np.int8)[0].tobytes(), proof=fake)
             out.append(op)
         return out

@@ -95,14 +95,14 @@ def check_opening_shape(ch: Challenge, op: Opening, requested: tuple[int, int]) 
 def check_opening_proofs(ch: Challenge, commit: Commitment, op: Opening) -> None:
     # The row is leaf `row` of the committed step's tree
     require(
-        merkle.is_valid_proof(op.cur, op.row, op.proof, ch.depth, commit.roots[op.commit - 1]),
+        merkle.is_valid_proof(op.cur, op.row, op.proof, ch.n, commit.roots[op.commit - 1]),
         "Merkle proof of the row does not match the root",
     )
     # The previous row is leaf `row` of the previous committed step's tree
     if op.commit > 1:
         require(
             merkle.is_valid_proof(
-                op.prev, op.row, op.prev_proof, ch.depth, commit.roots[op.commit - 2]
+                op.prev, op.row, op.prev_proof, ch.n, commit.roots[op.commit - 2]
             ),
             "Merkle proof of the previous row does not match the root",
         )
