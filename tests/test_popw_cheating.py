@@ -17,6 +17,7 @@ from node.popw.testing import (
     LazyProver,
     ReplayProver,
     SkippingProver,
+    SolvingProver,
     WrongIdProver,
     WrongValueProver,
 )
@@ -116,6 +117,34 @@ def test_unreduced_previous_row_fails():
     commit = prover.commit(ch)
     with pytest.raises(PopwError, match="not reduced"):
         check_openings(ch, commit, [(2, 5)], prover.open(ch.id, [(2, 5)]))
+
+
+def test_solving_for_previous_rows_fails():
+    # rule: merkle.is_valid_proof(prev). Without it, one inversion of B mod 5 would
+    # stand in for the whole chain.
+    import numpy as np
+
+    from node.popw import prg
+    from node.popw.testing import inverse_mod
+    from node.popw.verifier import check_opening_shape, recompute_rows
+
+    runs = 0
+    for seed in range(12):
+        ch = Challenge(bytes([seed]) * 32, bytes([seed + 100]) * 32, 32, 3, 1, GENEROUS)
+        prover = SolvingProver()
+        prover.commit(ch)
+        if prover._binv is None:  # B singular mod 5 (~24 % of seeds): nothing to solve
+            continue
+        runs += 1
+        b = prg.matrix(ch.seed, b"B", 32)
+        assert np.array_equal((b.astype(np.int64) @ prover._binv) % 5, np.eye(32))
+        [op] = prover.open(ch.id, [(3, 7)])
+        check_opening_shape(ch, op, (3, 7))
+        prev = np.frombuffer(op.prev, np.int8).astype(np.float32)[None, :]
+        assert recompute_rows(prev, b, 1)[0].tobytes() == op.cur  # the forgery recomputes
+        v = check(prover, ch, seed=seed)
+        assert v.status == FAIL and "previous row" in v.reason, v
+    assert runs >= 5 and inverse_mod(np.eye(4) * 0) is None
 
 
 def test_forged_proof_for_another_row_fails():

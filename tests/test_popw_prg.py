@@ -135,6 +135,8 @@ def test_merkle_proofs_bind_row_and_index(n):
         assert len(proof) == size and merkle.is_valid_proof(row, j, proof, n, root)
         assert not merkle.is_valid_proof(row, j ^ 1, proof, n, root)  # index is bound
         assert not merkle.is_valid_proof(row, j, proof[:-1], n, root)  # exact length
+        assert not merkle.is_valid_proof(row, j, [*proof, proof[0]], n, root)
+        assert not merkle.is_valid_proof(row, j + n, proof, n, root)  # same digits, out of range
         assert not merkle.is_valid_proof(row, j, proof[1:] + proof[:1], n, root)  # order
         bad = bytearray(row)
         bad[0] = (bad[0] + 1) % 256

@@ -178,3 +178,49 @@ class LastStepLazyProver(Prover):
                 op = replace(op, cur=x.astype(np.int8)[0].tobytes(), proof=fake)
             out.append(op)
         return out
+
+
+def inverse_mod(b: np.ndarray, p: int = 5) -> np.ndarray | None:
+    """B^-1 mod p by Gauss-Jordan elimination (None if B is singular mod p)."""
+    n = b.shape[0]
+    m = np.concatenate([b.astype(np.int64) % p, np.eye(n, dtype=np.int64)], axis=1)
+    for col in range(n):
+        pivots = np.nonzero(m[col:, col])[0]
+        if pivots.size == 0:
+            return None
+        r = col + int(pivots[0])
+        m[[col, r]] = m[[r, col]]
+        m[col] = (m[col] * pow(int(m[col, col]), -1, p)) % p
+        others = np.arange(n) != col
+        m[others] = (m[others] - np.outer(m[others, col], m[col])) % p
+    return m[:, n:]
+
+
+class SolvingProver(Prover):
+    """Does one honest step, then commits random matrices for every later step. Asked to
+    open (c, j) with c > 1, it *solves* for a previous row that maps to the committed
+    garbage row: ``prev = cur @ B^-1 (mod 5)``, one inversion instead of the whole chain.
+    Only the Merkle proof of the previous row (it is not the committed one) catches it.
+    """
+
+    def commit(self, ch: Challenge) -> Commitment:
+        rng = np.random.default_rng(int.from_bytes(ch.seed[:8], "little"))
+
+        def tamper(index: int, rows: np.ndarray) -> np.ndarray:
+            if index == 1:
+                return rows
+            return rng.integers(-HALF_MODULUS, HALF_MODULUS + 1, rows.shape).astype(np.int8)
+
+        self.backend = TamperingBackend(NumpyBackend(), tamper)
+        self._binv = inverse_mod(prg.matrix(ch.seed, b"B", ch.n))
+        return super().commit(ch)
+
+    def open(self, challenge_id: bytes, requests: list[tuple[int, int]]) -> list[Opening]:
+        out = []
+        for op in super().open(challenge_id, requests):
+            if op.commit > 1 and self._binv is not None:
+                cur = np.frombuffer(op.cur, np.int8).astype(np.int64)
+                prev = (cur @ self._binv + HALF_MODULUS) % 5 - HALF_MODULUS
+                op = replace(op, prev=prev.astype(np.int8).tobytes())
+            out.append(op)
+        return out
