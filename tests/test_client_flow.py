@@ -146,3 +146,74 @@ async def test_buy_wait_connect_logs_close(world, container_runtime, tmp_path):
         assert world.h.balance(owner) - before == result.refund - result.tx_fee
         with pytest.raises(JobEnded, match="already closed"):
             await client.close(job)
+
+
+async def test_connect_follows_the_job_to_a_new_provider(
+    world, container_runtime, docker_engine, tmp_path
+):
+    """Provider 0 fails (certified), the job is reassigned to provider 1: the same local
+    port now reaches provider 1's container."""
+    import uuid
+
+    from docker_fixtures import remove_labelled
+
+    from node.roles.provider.runtime import ContainerRuntime
+
+    p0, p1 = world.providers[0].address, world.providers[1].address
+    node1 = f"test-{uuid.uuid4().hex[:12]}"
+    runtime1 = ContainerRuntime(node1, docker_host=docker_engine.host, stop_timeout=2)
+    idents = [world.providers[0], world.providers[1], world.owner]
+    try:
+        async with start_network(3, identities=idents) as (h0, h1, chost):
+            async with trio.open_nursery() as nursery:
+                scope0 = trio.CancelScope()
+
+                async def run0(task_status=trio.TASK_STATUS_IGNORED) -> None:
+                    with scope0:
+                        svc = ProviderService(
+                            h0,
+                            SETTINGS,
+                            tmp_path / "p0.sqlite",
+                            chain=world.kc,
+                            runtime=container_runtime,
+                            inventory=Inventory(cpu="t", cpu_count=2),
+                        )
+                        await svc.run(task_status=task_status)
+
+                await nursery.start(run0)
+                svc1 = ProviderService(
+                    h1,
+                    SETTINGS,
+                    tmp_path / "p1.sqlite",
+                    chain=world.kc,
+                    runtime=runtime1,
+                    inventory=Inventory(cpu="t", cpu_count=2),
+                )
+                await nursery.start(svc1.run)
+                client = Client(world.owner, chost, world.kc, ad_wait=10.0, poll_interval=0.2)
+                await client.start()
+                job = await client.buy("cpu", 1, DEMO_HTTP_IMAGE, DEMO_HTTP_PORT, hours=1)
+                for h in (h0, h1):  # the test plays the checkers from the client's host
+                    await chost.connect(h.addrs()[0])
+                await certify(world, client, job, h0.peer_id)
+                fwd = Forwarder(client, job, recheck=0.2)
+                port = await nursery.start(fwd.serve, 0)
+                assert b"query=before" in await http_get(port, "/cgi-bin/echo?before")
+                assert fwd.route is not None and fwd.route.provider == p0
+
+                # provider 0 dies; the checkers certify its failure and reassign round 1
+                scope0.cancel()
+                fail = world.failure_sigs(job, 0, p0, world.checkers[:2])
+                await world.kc.fail(world.outsider, job, 0, p0, fail)
+                sigs = world.assign_sigs(job, 1, p1, world.checkers[:2])
+                await world.kc.assign(world.outsider, job, 1, p1, sigs)
+                frame = {"t": "deploy", "job_id": job, "round": 1, "provider": p1, "sigs": sigs}
+                assert (await pclient.send_deploy(chost, h1.peer_id, frame))["t"] == "deployed"
+
+                page = await http_get(port, "/cgi-bin/echo?after")
+                assert b"query=after" in page and f"job={job}".encode() in page
+                assert fwd.route.provider == p1 and fwd.route.round == 1
+                nursery.cancel_scope.cancel()
+    finally:
+        runtime1.close()
+        remove_labelled(docker_engine.client, node1)
