@@ -1,0 +1,183 @@
+"""What checkers gossip: signed envelopes that carry consensus votes and certificates.
+
+Each envelope is signed by the publishing checker's node key (the host requires the
+envelope signer to be the publishing peer). Inside it travels the EIP-712 vote signature
+that the contracts verify (``vote_sig``) or a certificate's signature list (``sigs``).
+The envelope proves who sent it; the vote signature is what counts for quorums, and is
+checked against the checker set by ``node.consensus`` before anything uses it.
+
+- ``AssignVoteMsg`` (assign/1): a checker's own AssignVote; the round leader's is its proposal.
+- ``AssignQCMsg`` (assign/1): an assignment certificate, so late checkers lock at once.
+- ``FailureVoteMsg`` (assign/1): "the provider of (job, round) failed", with a reason.
+- ``PopwAttest`` (attest/1): a committee member's PopwVote plus the measured TFLOPS
+  (unsigned by the EIP-712 struct, see CONSENSUS.md open points; informational only).
+- ``PopwQCMsg`` (attest/1): a PoPW certificate, so checkers outside the committee learn
+  which providers are in standing.
+"""
+
+from __future__ import annotations
+
+from eth_utils import to_canonical_address, to_checksum_address
+
+from node import wire
+from node.consensus.qc import AssignQC, PopwQC, SignedAssignVote, SignedPopwVote
+from node.p2p.host import TOPIC_TYPES
+
+ASSIGN_TOPIC = "assign/1"
+ATTEST_TOPIC = "attest/1"
+MAX_SIGS = 256
+SIG_LEN = 65
+
+
+def _check_sigs(value: list) -> None:
+    for s in value:
+        if type(s) is not bytes or len(s) != SIG_LEN:
+            raise ValueError("sigs: 65-byte signatures")
+
+
+def _sig_field(name: str) -> wire.Field:
+    return wire.Field(name, "bytes", exact_len=SIG_LEN, max_len=SIG_LEN)
+
+
+_QC_SIZE = 2048 + MAX_SIGS * (SIG_LEN + 3)
+
+ASSIGN_VOTE = wire.register(
+    wire.MessageType(
+        "AssignVoteMsg",
+        (
+            wire.Field("job_id", "uint", bits=256),
+            wire.Field("round", "uint", bits=256),
+            wire.Field("provider", "address"),
+            _sig_field("vote_sig"),
+        ),
+        max_size=1024,
+        max_ttl_ms=120_000,
+    )
+)
+ASSIGN_QC = wire.register(
+    wire.MessageType(
+        "AssignQCMsg",
+        (
+            wire.Field("job_id", "uint", bits=256),
+            wire.Field("round", "uint", bits=256),
+            wire.Field("provider", "address"),
+            wire.Field("sigs", "list", max_len=MAX_SIGS, check=_check_sigs),
+        ),
+        max_size=_QC_SIZE,
+        max_ttl_ms=600_000,
+    )
+)
+FAILURE_VOTE = wire.register(
+    wire.MessageType(
+        "FailureVoteMsg",
+        (
+            wire.Field("job_id", "uint", bits=256),
+            wire.Field("round", "uint", bits=256),
+            wire.Field("provider", "address"),
+            wire.Field("reason", "str", max_len=256),
+            _sig_field("vote_sig"),
+        ),
+        max_size=1536,
+        max_ttl_ms=300_000,
+    )
+)
+POPW_ATTEST = wire.register(
+    wire.MessageType(
+        "PopwAttest",
+        (
+            wire.Field("epoch", "uint"),
+            wire.Field("provider", "address"),
+            wire.Field("verdict", "uint", bits=8),
+            wire.Field("gpu_class", "bytes32"),
+            wire.Field("tflops_milli", "uint"),
+            _sig_field("vote_sig"),
+        ),
+        max_size=1024,
+        max_ttl_ms=600_000,
+    )
+)
+POPW_QC = wire.register(
+    wire.MessageType(
+        "PopwQCMsg",
+        (
+            wire.Field("epoch", "uint"),
+            wire.Field("provider", "address"),
+            wire.Field("verdict", "uint", bits=8),
+            wire.Field("gpu_class", "bytes32"),
+            wire.Field("sigs", "list", max_len=MAX_SIGS, check=_check_sigs),
+        ),
+        max_size=_QC_SIZE,
+        max_ttl_ms=3_600_000,
+    )
+)
+
+TOPIC_TYPES[ASSIGN_TOPIC] |= {"AssignVoteMsg", "AssignQCMsg", "FailureVoteMsg"}
+TOPIC_TYPES[ATTEST_TOPIC] |= {"PopwAttest", "PopwQCMsg"}
+
+
+# conversions ------------------------------------------------------------------------
+
+
+def addr(raw: bytes) -> str:
+    return to_checksum_address(raw)
+
+
+def assign_vote_fields(v: SignedAssignVote) -> dict:
+    return {
+        "job_id": v.job_id,
+        "round": v.round,
+        "provider": to_canonical_address(v.provider),
+        "vote_sig": v.signature,
+    }
+
+
+def assign_vote_from(env: wire.Envelope) -> SignedAssignVote:
+    b = env.body
+    return SignedAssignVote(b["job_id"], b["round"], addr(b["provider"]), env.signer, b["vote_sig"])
+
+
+def assign_qc_fields(qc: AssignQC) -> dict:
+    return {
+        "job_id": qc.job_id,
+        "round": qc.round,
+        "provider": to_canonical_address(qc.provider),
+        "sigs": list(qc.signatures),
+    }
+
+
+def assign_qc_from(env: wire.Envelope) -> AssignQC:
+    b = env.body
+    return AssignQC(b["job_id"], b["round"], addr(b["provider"]), tuple(b["sigs"]))
+
+
+def popw_attest_fields(v: SignedPopwVote, tflops: float) -> dict:
+    return {
+        "epoch": v.epoch,
+        "provider": to_canonical_address(v.provider),
+        "verdict": v.verdict,
+        "gpu_class": v.gpu_class,
+        "tflops_milli": max(0, min(int(tflops * 1000), (1 << 64) - 1)),
+        "vote_sig": v.signature,
+    }
+
+
+def popw_vote_from(env: wire.Envelope) -> SignedPopwVote:
+    b = env.body
+    return SignedPopwVote(
+        b["epoch"], addr(b["provider"]), b["verdict"], b["gpu_class"], env.signer, b["vote_sig"]
+    )
+
+
+def popw_qc_fields(qc: PopwQC) -> dict:
+    return {
+        "epoch": qc.epoch,
+        "provider": to_canonical_address(qc.provider),
+        "verdict": qc.verdict,
+        "gpu_class": qc.gpu_class,
+        "sigs": list(qc.signatures),
+    }
+
+
+def popw_qc_from(env: wire.Envelope) -> PopwQC:
+    b = env.body
+    return PopwQC(b["epoch"], addr(b["provider"]), b["verdict"], b["gpu_class"], tuple(b["sigs"]))

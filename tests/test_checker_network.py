@@ -1,0 +1,83 @@
+"""4 checkers as real libp2p nodes assign 10 jobs on the embedded chain; one is killed midway."""
+
+from __future__ import annotations
+
+import trio
+from eth_utils import keccak
+from test_checker_helpers import FAST, FAST_CLASSES, HonestProvider
+
+from node.chain.api import JOB_ASSIGNED
+from node.chain.genesis import GenesisChecker, start_embedded
+from node.chain.watcher import EventWatcher
+from node.consensus import votes
+from node.devnet import start_network, wait_for_mesh
+from node.identity import Identity
+from node.roles.checker.service import CheckerService
+
+ETHER = 10**18
+
+
+def ident(label: str) -> Identity:
+    return Identity(keccak(label.encode()))
+
+
+async def test_four_checkers_assign_ten_jobs_with_one_killed(tmp_path):
+    checkers = [ident(f"net-checker{i}") for i in range(4)]
+    providers = [ident(f"net-provider{i}") for i in range(2)]
+    owner = ident("net-owner")
+    dev = await start_embedded([GenesisChecker(c, c, ETHER) for c in checkers])
+    kc = dev.chain
+    await dev.fund(owner.address)
+    async with start_network(6, identities=[*checkers, *providers], domain=kc.domain) as hosts:
+        async with trio.open_nursery() as nursery:
+            honest = [HonestProvider(h, kc) for h in hosts[4:]]
+            for p in honest:  # providers bootstrap to the checkers
+                for c in hosts[:4]:
+                    await p.host.connect(c.addrs()[0])
+                await nursery.start(p.run)
+            scopes, services = [], []
+            for i, h in enumerate(hosts[:4]):
+                scope = trio.CancelScope()
+                svc = CheckerService(h, kc, tmp_path / f"c{i}", FAST, classes=FAST_CLASSES)
+
+                async def run(task_status, svc=svc, scope=scope):
+                    with scope:
+                        await svc.run(task_status=task_status)
+
+                await nursery.start(run)
+                scopes.append(scope)
+                services.append(svc)
+            await wait_for_mesh(hosts[:4], "assign/1")
+            # PoPW first: every provider gets a PASS certificate from its committee
+            with trio.fail_after(30):
+                while not all(len(s.standing) == 2 for s in services):
+                    await trio.sleep(0.1)
+
+            jobs = []
+            for i in range(10):
+                jobs.append(
+                    await kc.create_job(
+                        owner, spec_hash=b"\x01" * 32, gpu_class=votes.gpu_class_id("cpu"), count=1,
+                        image="busybox", port=8080, duration=600, price_per_second=10**9,
+                    )
+                )  # fmt: skip
+                if i == 4:
+                    scopes[1].cancel()  # a checker dies midway (1 of 4 = f)
+            with trio.fail_after(45):
+                while True:
+                    states = [(await kc.get_job(j)).state for j in jobs]
+                    if all(s == JOB_ASSIGNED for s in states):
+                        break
+                    await trio.sleep(0.2)
+            # exactly one assignment per job on chain, and its provider got the deploy
+            watcher = EventWatcher(kc.client, [kc.escrow], from_block=kc.deployment.block)
+            assigned = [e.args["job_id"] for e in await watcher.poll() if e.name == "JobAssigned"]
+            assert sorted(assigned) == sorted(jobs)
+            with trio.fail_after(10):  # every job's provider got a valid deploy command
+                while sorted(j for p in honest for j in p.deployed) != sorted(jobs):
+                    await trio.sleep(0.1)
+            for j in jobs:
+                job = await kc.get_job(j)
+                mine = next(p for p in honest if p.host.address == job.provider)
+                assert mine.deployed[j]["round"] == job.round
+            nursery.cancel_scope.cancel()
