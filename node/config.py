@@ -143,10 +143,18 @@ class ProviderSection:
 class CheckerSection:
     epoch_seconds: float = 60.0
     round_timeout: float = 5.0
+    popw: bool = True  # challenge the providers of this checker's committees each epoch
+    status_timeout: float = 30.0  # an assigned provider silent this long has failed
+    submit_backoff: float = 2.0  # seconds between checkers taking turns to submit a QC
+    chain_poll: float = 1.0  # seconds between chain event polls
 
     def check(self) -> None:
         _check(1 <= self.epoch_seconds <= 86400, "epoch_seconds", "1..86400 s")
         _check(0.1 <= self.round_timeout <= 600, "round_timeout", "0.1..600 s")
+        _check(isinstance(self.popw, bool), "popw", "true or false")
+        _check(1 <= self.status_timeout <= 3600, "status_timeout", "1..3600 s")
+        _check(0 <= self.submit_backoff <= 600, "submit_backoff", "0..600 s")
+        _check(0.05 <= self.chain_poll <= 60, "chain_poll", "0.05..60 s")
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,10 @@ async def _main(cfg, identity, role) -> None:
         from node.roles.provider.node import provider_service
 
         services.append(await provider_service(cfg))
+    elif role == "checker":
+        from node.roles.checker.node import checker_service
+
+        services.append(await checker_service(cfg))
     try:
         await run_node(cfg, identity, role=role, role_services=services)
     except P2PError as exc:
