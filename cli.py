@@ -24,6 +24,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "node.keys_commands": ("keys",),
     "node.node_commands": ("node",),
     "node.p2p.commands": (),
+    "node.roles.checker.commands": (),
     "node.popw.commands": ("popw",),
     "node.chain.commands": ("chain",),
     "node.consensus.commands": ("sim",),

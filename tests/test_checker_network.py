@@ -38,7 +38,7 @@ async def test_four_checkers_assign_ten_jobs_with_one_killed(tmp_path):
             scopes, services = [], []
             for i, h in enumerate(hosts[:4]):
                 scope = trio.CancelScope()
-                svc = CheckerService(h, kc, tmp_path / f"c{i}", FAST, classes=FAST_CLASSES)
+                svc = CheckerService(h, h.identity, kc, tmp_path / f"c{i}", FAST, classes=FAST_CLASSES)
 
                 async def run(task_status, svc=svc, scope=scope):
                     with scope:

@@ -32,7 +32,7 @@ async def checker_service(cfg: Config):
     settings = CheckerSettings.from_config(cfg.checker)
 
     async def run(host: KaisarHost) -> None:
-        service = CheckerService(host, chain, cfg.path(cfg.node.data_dir), settings)
+        service = CheckerService(host, host.identity, chain, cfg.path(cfg.node.data_dir), settings)
         await service.run()
 
     return run

@@ -1,6 +1,6 @@
 """The checker role: ad index, PoPW committees, assignment votes, deploys, failures.
 
-``CheckerService(host, chain, data_dir, settings)`` runs one checker. ``await
+``CheckerService(host, identity, chain, data_dir, settings)`` runs one checker. ``await
 nursery.start(service.run)`` reads the checker set from the chain, starts the
 assignment engine (votes and locks in ``data_dir``), subscribes to ``ads/1``,
 ``attest/1``, ``assign/1`` and ``status/1``, and runs four loops in one nursery:
@@ -64,6 +64,7 @@ from node.consensus.qc import (
 )
 from node.consensus.scheduler import JobSpec, ProviderInfo
 from node.consensus.store import VoteConflict
+from node.identity import Identity
 from node.p2p.host import KaisarHost, P2PError
 from node.popw.classes import ClassTable, challenge_for, load_table
 from node.popw.verifier import BUSY, FAIL, LATE, PASS
@@ -146,6 +147,7 @@ class CheckerService:
     def __init__(
         self,
         host: KaisarHost,
+        identity: Identity,
         chain: KaisarChain,
         data_dir: Path,
         settings: CheckerSettings = CheckerSettings(),
@@ -153,8 +155,12 @@ class CheckerService:
         classes: ClassTable | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        # Votes and gossip envelopes are signed by one key: the host's (the host requires
+        # an envelope's signer to be the publishing peer).
+        if identity.address != host.address:
+            raise ValueError("a checker signs with its host's key: pass the host's identity")
         self.host = host
-        self.identity = host.identity
+        self.identity = identity
         self.address = host.address
         self.chain = chain
         self.domain = chain.domain
