@@ -62,7 +62,8 @@ async def test_busy_provider_gets_a_busy_verdict():
 
     ch = new_challenge(32, 3, GENEROUS)
     verdict, errors = await exchange(Prover(), ch, busy=busy)
-    assert verdict.status == BUSY and "30.0" in verdict.reason and seen == [ch.id] and not errors
+    assert verdict.status == BUSY and verdict.retry_after == 30.0 and seen == [ch.id] and not errors
+    assert verdict.as_dict()["status"] == "busy" and not verdict.passed
     not_busy, _ = await exchange(Prover(), new_challenge(32, 3, GENEROUS), busy=lambda ch: None)
     assert not_busy.status == PASS
 

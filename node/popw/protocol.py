@@ -381,7 +381,8 @@ async def run_challenge(
     try:
         commit = decode_reply(reply, ch)
         if not isinstance(commit, Commitment):
-            return Verdict(BUSY, f"provider busy, retry after {commit:.1f}s", elapsed, 0.0, ch.id)
+            reason = f"provider busy, retry after {commit:.1f}s"
+            return Verdict(BUSY, reason, elapsed, 0.0, ch.id, retry_after=commit)
         check_commit(ch, commit)
         requested = draw_openings(ch, k, rng)
         await _send(framed, encode_open(ch.id, requested))

@@ -39,6 +39,7 @@ class Verdict:
     elapsed: float  # checker-measured seconds from challenge sent to commit received
     tflops: float  # effective dense TFLOPS = work / elapsed (0 when no commit)
     challenge_id: bytes = b""
+    retry_after: float = 0.0  # busy only: seconds the provider asked the checker to wait
 
     @property
     def passed(self) -> bool:
@@ -51,6 +52,7 @@ class Verdict:
             "elapsed": round(self.elapsed, 6),
             "tflops": round(self.tflops, 6),
             "challenge_id": self.challenge_id.hex(),
+            "retry_after": self.retry_after,
         }
 
 
