@@ -29,6 +29,7 @@ log = logging.getLogger("kaisar.devnet")
 
 DEVNET_NETWORK = "devnet"
 DEVNET_DOMAIN = Domain(1337)
+BOOTSTRAP_FANOUT = 2
 FAST_GOSSIP = adapter.GossipParams(degree=6, degree_low=4, degree_high=12, heartbeat_interval=0.2)
 
 
@@ -43,13 +44,14 @@ async def start_network(
     seed: int = 0,
     identities: list[Identity] | None = None,
 ) -> AsyncIterator[list[KaisarHost]]:
-    """N connected hosts in this process; closed when the block exits."""
+    """N connected hosts in this process (each dials up to 3 earlier ones); closed on exit."""
     rng = random.Random(seed)
     idents = identities or [Identity.generate() for _ in range(n)]
     hosts: list[KaisarHost] = []
     async with AsyncExitStack() as stack:
         for i in range(n):
-            boot = [rng.choice(hosts).addrs()[0]] if hosts else []
+            # dial up to BOOTSTRAP_FANOUT earlier nodes, as bootstrap + DHT discovery would
+            boot = [h.addrs()[0] for h in rng.sample(hosts, min(BOOTSTRAP_FANOUT, len(hosts)))]
             opts = HostOptions(bootstrap=boot, gossip=gossip, dht=dht)
             host = await stack.enter_async_context(
                 open_host(idents[i], network=network, domain=domain, options=opts)
@@ -65,17 +67,18 @@ async def start_network(
 
 async def wait_for_mesh(hosts: list[KaisarHost], suffix: str, timeout: float = 30) -> None:
     """Wait until every host has at least one mesh peer on a topic (gossip will flow)."""
-    by_id = {h.peer_id: h for h in hosts}
-
     def mesh(h: KaisarHost) -> set:
         return set(h.gossipsub.mesh.get(h.topic(suffix), set()))
 
     def ready() -> bool:
-        # Every host has a mesh peer, and mesh links are mutual (GRAFTs answered), so a
-        # message published now reaches everyone through the mesh.
-        return all(
-            mesh(h) and all(p not in by_id or h.peer_id in mesh(by_id[p]) for p in mesh(h))
-            for h in hosts
+        # Every host has a mesh peer and is in some other host's mesh (its GRAFT was
+        # answered), so a message published now reaches everyone through the mesh.
+        # (Requiring every link to be mutual can stall: a PRUNE in flight leaves
+        # one-sided links for a heartbeat or more.)
+        meshes = {h.peer_id: mesh(h) for h in hosts}
+        inbound = set().union(*meshes.values()) if meshes else set()
+        return all(meshes[h.peer_id] for h in hosts) and all(
+            h.peer_id in inbound for h in hosts if len(hosts) > 1
         )
 
     with trio.fail_after(timeout):

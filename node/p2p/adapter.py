@@ -33,7 +33,12 @@ covered by a test in tests/test_p2p_adapter.py that fails without it.
    payload (an attacker cannot pre-empt an honest message's id, and re-published
    identical bytes are deduplicated before validation) and libp2p's own signature is
    off (one secp256k1 verify less per delivery).
-8. Log noise. ``kad_dht`` logs a WARNING "Failed to read DHT message from stream" each
+8. Lost pubsub peers. Pubsub opens its stream to a new peer from the ``connected``
+   notifee and gives up after a few retries; when that fails (seen ~1 in 4 devnet starts
+   of 25 nodes) the peer stays connected but never exchanges subscriptions and never
+   joins a mesh. ``KaisarHost`` re-registers such peers every PUBSUB_REPAIR_INTERVAL
+   with ``Pubsub.ensure_peer_stream``.
+9. Log noise. ``kad_dht`` logs a WARNING "Failed to read DHT message from stream" each
    time a remote closes a DHT stream after its query (the normal end of a query), so
    that logger is raised to ERROR.
 """
@@ -54,6 +59,7 @@ DIAL_DELAY = 0.0
 SUBSCRIPTION_CHANNEL_SIZE = 4096
 OUTBOUND_QUEUE_SIZE = 4096
 GOSSIP_MAX_MSGS_PER_PEER_TOPIC_SECOND = 2000.0
+PUBSUB_REPAIR_INTERVAL = 1.0
 YAMUX_MAX_FRAME = 1 << 20
 YAMUX_UPSTREAM_POLL = 0.01
 YAMUX_WINDOW_POLL = 0.001

@@ -172,6 +172,7 @@ class KaisarHost:
                         nursery.start_soon(self._run_dht)
                     for addr in self.options.bootstrap:
                         nursery.start_soon(self._dial_bootstrap, addr)
+                    nursery.start_soon(self._repair_pubsub_peers)
                     try:
                         yield self
                     finally:
@@ -184,6 +185,24 @@ class KaisarHost:
                 await trio.sleep_forever()
         except Exception:  # the DHT is an optimisation for routing; never fatal
             log.exception("event=dht_stopped")
+
+    async def _repair_pubsub_peers(self) -> None:
+        """Register connected peers that pubsub missed (see adapter.py, item 9).
+
+        py-libp2p opens the pubsub stream from the ``connected`` notifee and gives up
+        after its retries; a peer whose stream failed then stays connected but never
+        exchanges subscriptions, so it never joins a mesh.
+        """
+        while True:
+            await trio.sleep(adapter.PUBSUB_REPAIR_INTERVAL)
+            missing = [p for p in self.host.get_connected_peers() if p not in self.pubsub.peers]
+            for peer in missing:
+                try:
+                    with trio.move_on_after(adapter.PUBSUB_REPAIR_INTERVAL):
+                        if await self.pubsub.ensure_peer_stream(peer, timeout=2.0):
+                            log.info("event=pubsub_peer_repaired peer=%s", peer)
+                except Exception as exc:  # the peer went away; the next round retries
+                    log.debug("event=pubsub_repair_failed peer=%s err=%s", peer, exc)
 
     async def _dial_bootstrap(self, addr: str) -> None:
         for attempt in range(5):
