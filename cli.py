@@ -100,9 +100,26 @@ def main(argv: list[str] | None = None) -> int:
     except BaseExceptionGroup as group:  # trio nurseries wrap errors raised in tasks
         exc = find_user_error(group)
         if exc is None:
-            raise
+            _report_internal(group)
+            return 1
         print(f"kaisar: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _report_internal(group: BaseExceptionGroup) -> None:
+    """A bug, not a user error: show each real exception (libp2p nests groups deeply)."""
+    import traceback
+
+    leaves = [e for e in _leaves(group) if not isinstance(e, KeyboardInterrupt)]
+    print(f"kaisar: internal error ({len(leaves)} exception(s)); please report:", file=sys.stderr)
+    for leaf in leaves:
+        traceback.print_exception(type(leaf), leaf, leaf.__traceback__, limit=-8, file=sys.stderr)
 
 
 if __name__ == "__main__":

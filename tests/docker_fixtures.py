@@ -13,7 +13,6 @@ through the docker client, so even a failing test leaves nothing behind.
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from node.roles.provider import engine
 from node.roles.provider.runtime import LABEL_NODE, ContainerRuntime
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,18 +38,9 @@ class DockerEngine:
 def _start_engine() -> str:
     """DOCKER_HOST of a running engine, or pytest.skip with the script's reason."""
     try:
-        out = subprocess.run(
-            [str(DOCKERD_SH), "start"], capture_output=True, text=True, timeout=120, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"docker: cannot run {DOCKERD_SH.name}: {e}")
-    if out.returncode != 0:
-        reason = " | ".join(out.stderr.strip().splitlines()[-4:])
-        pytest.skip(f"docker: no engine can be started on this machine: {reason}")
-    for line in out.stdout.splitlines():
-        if line.startswith("export DOCKER_HOST="):
-            return line.split("=", 1)[1].strip()
-    pytest.fail(f"{DOCKERD_SH.name} printed no DOCKER_HOST: {out.stdout!r}")
+        return engine.start_engine()
+    except engine.EngineUnavailable as e:
+        pytest.skip(f"docker: {e}")
 
 
 @pytest.fixture(scope="session")
@@ -63,16 +54,10 @@ def docker_engine() -> Iterator[DockerEngine]:
         client.close()
         host = _start_engine()
         client = docker.DockerClient(base_url=host, timeout=30)
-    built = subprocess.run(
-        [str(BUILD_IMAGES_SH)],
-        env={**os.environ, "DOCKER_HOST": host},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if built.returncode != 0:
-        pytest.fail(f"{BUILD_IMAGES_SH.name} failed: {built.stderr.strip()}")
+    try:
+        engine.build_images(host)
+    except engine.EngineUnavailable as e:
+        pytest.fail(str(e))
     yield DockerEngine(host=host, client=client)
     client.close()
 

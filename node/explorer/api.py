@@ -9,6 +9,7 @@ checked strictly: an unknown parameter or a bad value is a 400 with
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 import time
@@ -99,7 +100,7 @@ class Params:
             raise BadRequest(f"{name}: expected {what}")
         return raw
 
-    def page(self) -> tuple[int, int]:
+    def page(self) -> tuple[builtins.int, builtins.int]:
         return self.int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT), self.int("offset", 0, 0, MAX_OFFSET)
 
 
@@ -157,7 +158,8 @@ def create_app(store: Store, *, live: Callable[[], dict] | None = None) -> Starl
     def providers(request: Request) -> dict:
         p = Params(request, PAGE | {"gpu_class", "verified", "accepting", "sort", "order"})
         limit, offset = p.page()
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         gpu_class = p.pattern("gpu_class", CLASS_RE, "a GPU class name (1..32 printable chars)")
         if gpu_class is not None:
             where.append("gpu_class = ?")
@@ -211,7 +213,8 @@ def create_app(store: Store, *, live: Callable[[], dict] | None = None) -> Starl
     def jobs(request: Request) -> dict:
         p = Params(request, PAGE | {"state", "provider", "owner"})
         limit, offset = p.page()
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         state = p.choice("state", tuple(JOB_STATES.values()))
         if state is not None:
             where.append("state = ?")
@@ -301,7 +304,8 @@ def create_app(store: Store, *, live: Callable[[], dict] | None = None) -> Starl
     def messages(request: Request) -> dict:
         p = Params(request, PAGE | {"type", "signer"})
         limit, offset = p.page()
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         mtype = p.pattern("type", re.compile(r"^[A-Za-z0-9_]{1,64}$"), "a message type name")
         if mtype is not None:
             where.append("type = ?")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import trio
 from libp2p.peer.id import ID
@@ -160,7 +160,7 @@ async def run_explorer(
                         _chain_loop, chain, indexer, config.chain.confirmations, chain_poll
                     )
                 binds = await nursery.start(
-                    functools.partial(serve, create_app(store, live=live), hc)
+                    functools.partial(serve, cast(Any, create_app(store, live=live)), hc)
                 )
                 url = binds[0] if binds else f"http://{ex.http_host}:{ex.http_port}"
                 log.info("event=explorer_started url=%s peer_id=%s db=%s", url, host.peer_id, path)

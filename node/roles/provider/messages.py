@@ -32,11 +32,12 @@ AD_TOPIC = "ads/1"
 STATUS_TOPIC = "status/1"
 
 # JobStatus.state values
+DEPLOYING = "deploying"  # certified and accepted; the container is still starting
 DEPLOYED = "deployed"
 RUNNING = "running"
 STOPPED = "stopped"
 FAILED = "failed"
-STATES = frozenset({DEPLOYED, RUNNING, STOPPED, FAILED})
+STATES = frozenset({DEPLOYING, DEPLOYED, RUNNING, STOPPED, FAILED})
 
 # Owner token actions
 ACTION_TUNNEL = "tunnel"

@@ -379,7 +379,9 @@ class ProviderService:
             {
                 "job_id": rec.job_id,
                 "round": rec.round,
-                "state": state or (msg.DEPLOYED if rec.state == "deploying" else rec.state),
+                # "deploying" until the container runs: a client must not be told a
+                # job is deployed while its tunnel would still be refused.
+                "state": state or rec.state,
                 "reason": rec.reason[:500],
                 "qc_digest": rec.qc_digest,
                 "peer": self.peer,
