@@ -36,13 +36,12 @@ def cmd_devnet(args) -> int:
     from node.runner import run_until_signal
 
     result: list[bool] = []
+    if not 2 <= args.nodes <= 50:
+        raise UserError("--nodes must be between 2 and 50")
+    if not 1 <= args.timeout <= 3600:
+        raise UserError("--timeout must be between 1 and 3600 seconds")
     if args.gossip_only:
         from node.devnet import run_devnet
-
-        if not 2 <= args.nodes <= 50:
-            raise UserError("--nodes must be between 2 and 50")
-        if not 1 <= args.timeout <= 3600:
-            raise UserError("--timeout must be between 1 and 3600 seconds")
 
         async def gossip() -> None:
             result.append(await run_devnet(args.nodes, timeout=args.timeout,

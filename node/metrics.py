@@ -29,6 +29,24 @@ STREAM_ERRORS = Counter(
     registry=REGISTRY,
 )
 PEERS = Gauge("kaisar_peers", "Connected peers", ["node"], registry=REGISTRY)
+POPW_VERDICTS = Counter(
+    "kaisar_popw_verdicts_total",
+    "PoPW challenges this checker ran, by verdict",
+    ["node", "verdict"],
+    registry=REGISTRY,
+)
+QCS = Counter(
+    "kaisar_qcs_total", "Quorum certificates formed, by kind", ["node", "kind"], registry=REGISTRY
+)
+CONTAINERS = Gauge(
+    "kaisar_containers", "Job containers this provider runs", ["node"], registry=REGISTRY
+)
+TUNNELS = Gauge("kaisar_tunnels", "Open tunnels to job containers", ["node"], registry=REGISTRY)
+
+
+def label(address: str) -> str:
+    """The node label every metric uses: the first 10 characters of the address."""
+    return address[:10]
 
 
 def serve(port: int, host: str = "127.0.0.1") -> None:

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 import trio
 from libp2p.peer.id import ID
 
-from node import wire
+from node import metrics, wire
 from node.config import Config
 from node.eip712 import Domain
 from node.identity import Identity
 from node.p2p import adapter
-from node.p2p.host import HostOptions, KaisarHost, open_host
+from node.p2p.host import HostOptions, KaisarHost, P2PError, open_host
 
 log = logging.getLogger("kaisar.node")
 
@@ -67,6 +67,7 @@ def domain_for(config: Config, verifying_contract: str | None = None) -> Domain:
 
 async def heartbeat_loop(host: KaisarHost, role: str, interval: float) -> None:
     while True:
+        metrics.PEERS.labels(metrics.label(host.address)).set(len(host.connected_peers()))
         env = host.sign(
             "Heartbeat",
             {"role": role, "peer": host.peer_id.to_base58(), "addrs": host.addrs()[:16]},
@@ -113,6 +114,12 @@ async def run_node(
                     )
 
         await host.subscribe("status/1", on_status)
+        if config.metrics.port:
+            try:
+                metrics.serve(config.metrics.port, config.metrics.host)
+            except OSError as exc:
+                raise P2PError(f"metrics port {config.metrics.port}: {exc.strerror}") from None
+            log.info("event=metrics_serving addr=%s:%d", config.metrics.host, config.metrics.port)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(heartbeat_loop, host, role, config.p2p.heartbeat_interval)
             for service in role_services:

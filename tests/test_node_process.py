@@ -63,7 +63,9 @@ def test_three_processes_gossip_and_stop_cleanly(tmp_path):
             write_config(cfg, ports[i], [] if i == 0 else [boot])
             log = tmp_path / f"n{i}.log"
             logs.append(log)
-            role = "checker" if i == 0 else "provider"
+            # providers run without a chain (they advertise, accepting nothing); a
+            # checker needs a chain and is tested in test_checker_cli.py
+            role = "provider"
             procs.append(subprocess.Popen(
                 kaisar("--log-level", "INFO", "node", "--role", role, "--config", str(cfg), "--key", str(tmp_path / f"k{i}.json")),
                 env=ENV, stdout=subprocess.DEVNULL, stderr=log.open("w")))

@@ -43,7 +43,7 @@ from typing import Any
 
 import trio
 
-from node import wire
+from node import metrics, wire
 from node.consensus.checkers import CheckerSet
 from node.consensus.evidence import Evidence
 from node.consensus.machine import (
@@ -280,6 +280,7 @@ class AssignmentEngine:
             elif isinstance(out, Decided):
                 self.decisions[out.qc.job_id] = out.qc
                 self.decided_at.setdefault(out.qc.job_id, trio.current_time())
+                metrics.QCS.labels(metrics.label(self.host.address), "assign").inc()
                 log.info(
                     "event=qc_formed job=%d round=%d provider=%s signers=%d",
                     out.qc.job_id,

@@ -41,7 +41,7 @@ import trio
 from eth_utils import keccak, to_canonical_address
 from libp2p.peer.id import ID
 
-from node import wire
+from node import metrics, wire
 from node.chain.api import JOB_ASSIGNED, JOB_OPEN, KaisarChain
 from node.chain.errors import ChainError
 from node.chain.watcher import EventWatcher
@@ -564,6 +564,8 @@ class CheckerService:
             if verdict is not None and verdict.status != BUSY:
                 break
             await trio.sleep(self.settings.popw_retry * (0.5 + random.random()))
+        if verdict is not None:
+            metrics.POPW_VERDICTS.labels(metrics.label(self.address), verdict.status).inc()
         if verdict is None or verdict.status == BUSY or self.epoch() != epoch:
             return
         await self._attest(
@@ -642,6 +644,8 @@ class CheckerService:
         if qc.verdict == votes.VERDICT_PASS:
             self.standing[qc.provider] = max(self.standing.get(qc.provider, qc.epoch), qc.epoch)
         log.info("event=popw_qc epoch=%d provider=%s verdict=%d", qc.epoch, qc.provider, qc.verdict)
+        if formed_here:
+            metrics.QCS.labels(metrics.label(self.address), "popw").inc()
         if formed_here:
             try:
                 await self.host.publish(

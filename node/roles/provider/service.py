@@ -30,6 +30,7 @@ from typing import Any
 import trio
 from libp2p.peer.id import ID
 
+from node import metrics
 from node.chain.api import JOB_ASSIGNED, JOB_OPEN, KaisarChain
 from node.consensus.checkers import CheckerSetError, make_checker_set
 from node.consensus.votes import assign_digest
@@ -164,6 +165,9 @@ class ProviderService:
 
     def changed(self) -> None:
         """Capacity or a job changed: send an ad now."""
+        metrics.CONTAINERS.labels(metrics.label(self.address)).set(
+            len(self.state.jobs(live_only=True))
+        )
         self._changed.set()
 
     # lifecycle --------------------------------------------------------------------
@@ -512,6 +516,7 @@ class ProviderService:
             return
         job_id = rec.job_id
         self._tunnels[job_id] += 1
+        metrics.TUNNELS.labels(metrics.label(self.address)).inc()
         scope = trio.CancelScope()
         self._tunnel_scopes[job_id].add(scope)
         try:
@@ -522,6 +527,7 @@ class ProviderService:
                 log.info("event=tunnel_closed job=%d in=%d out=%d", job_id, sent, received)
         finally:
             self._tunnels[job_id] -= 1
+            metrics.TUNNELS.labels(metrics.label(self.address)).dec()
             self._tunnel_scopes[job_id].discard(scope)
             with trio.CancelScope(shield=True):
                 await tcp.aclose()
