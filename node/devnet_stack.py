@@ -57,6 +57,8 @@ class Stack:
     rpc: str = "embedded"
     info_path: Path | None = None
     explorer_url: str | None = None
+    provider_runtimes: list[Any] = field(default_factory=list)
+    provider_scopes: list[trio.CancelScope] = field(default_factory=list)
 
     @property
     def chain(self) -> Any:
@@ -68,6 +70,18 @@ class Stack:
 
     def bootstrap(self) -> list[str]:
         return [self.checkers[0].addrs()[0]] if self.checkers else []
+
+    async def kill_provider(self, i: int) -> None:
+        """Provider i crashes (end-to-end tests): its service stops (no more ads, status
+        or PoPW answers), its stream protocols are gone and its containers removed. The
+        host stays up as a bare gossip peer, so only the provider role has failed."""
+        from node.roles.provider import service as ps
+
+        self.provider_scopes[i].cancel()
+        host = self.providers[i]
+        for proto in (ps.POPW_PROTOCOL, ps.DEPLOY_PROTOCOL, ps.TUNNEL_PROTOCOL, ps.LOGS_PROTOCOL, ps.STATUS_PROTOCOL):
+            host.host.remove_stream_handler(proto)
+        await self.provider_runtimes[i].cleanup_all()
 
 
 def _free_port() -> int:
@@ -180,8 +194,11 @@ async def open_stack(
             svc = ProviderService(
                 host, psettings, workdir / f"provider{i}.sqlite", chain=dev.chain, runtime=runtime
             )
-            await nursery.start(svc.run)
+            scope = trio.CancelScope()
+            await nursery.start(_run_in_scope, svc.run, scope)
             s.provider_services.append(svc)
+            s.provider_runtimes.append(runtime)
+            s.provider_scopes.append(scope)
             # containers of this devnet go away with it
             stack.push_async_callback(runtime.cleanup_all)
         # Every provider proves to each of its committee members in turn (one exchange at
@@ -199,6 +216,11 @@ async def open_stack(
             s.explorer_url = ex.url
         s.info_path = _write_info(s)
         yield s
+
+
+async def _run_in_scope(run: Any, scope: trio.CancelScope, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    with scope:
+        await run(task_status=task_status)
 
 
 async def _run_explorer(s: Stack, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
