@@ -31,6 +31,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "node.client.commands": ("client",),
     "node.explorer.commands": ("explorer",),
     "node.devnet_commands": ("devnet", "soak"),
+    "node.bench_deploy_commands": (),
 }
 
 
