@@ -167,17 +167,6 @@ FAST_CHECKERS = CheckerSettings(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "checker bug: CheckerService.status_seen is keyed by job only and survives "
-        "JobReassigned, so _on_decided for round 1 sees round 0's 'running' status and "
-        "skips the deploy; no checker deploys to the new provider, which then 'misses "
-        "heartbeats' and the job is failed round after round until it ends FAILED. "
-        "Fix in node/roles/checker/service.py: status_seen.pop(job_id) on JobReassigned "
-        "(or compare the status round); with that the test passes (~35 s)."
-    ),
-)
 async def test_killed_provider_job_moves_and_tunnel_works_again(docker_engine, tmp_path):
     async with stack_for(docker_engine, tmp_path, checker_settings=FAST_CHECKERS) as s:
         assert s.user is not None

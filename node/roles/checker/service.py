@@ -315,6 +315,9 @@ class CheckerService:
                 spec = job_spec(job)
                 providers, epoch = self.view(spec)
                 self.assigned.pop(job_id, None)
+                # the last round's status says nothing about the next provider: without
+                # this, a reassigned job's new deploy was skipped as "already running"
+                self.status_seen.pop(job_id, None)
                 await self.engine.start_job(
                     spec, providers, epoch, attempt=job.failures, first_round=job.round
                 )
