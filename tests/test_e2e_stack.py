@@ -42,27 +42,10 @@ async def stack_for(docker_engine: Any, tmp_path: Any, **kw: Any) -> AsyncIterat
     def runtime(node: str) -> ContainerRuntime:
         return ContainerRuntime(node, docker_host=docker_engine.host, stop_timeout=1)
 
-    try:
-        async with open_stack(
-            workdir=tmp_path / "stack", runtime_factory=runtime, explorer=False, **kw
-        ) as s:
-            yield s
-    except* RuntimeError as group:
-        # py-libp2p 0.8.1 teardown race: pubsub's stream reader schedules push_msg on the
-        # service manager after its task nursery closed ("Nursery is closed to new
-        # arrivals") when gossip arrives while hosts stop. Only that is ignored here.
-        if any(not _is_closed_nursery(e) for e in _leaves(group)):
-            raise
-
-
-def _leaves(group: BaseException) -> list[BaseException]:
-    if isinstance(group, BaseExceptionGroup):
-        return [leaf for e in group.exceptions for leaf in _leaves(e)]
-    return [group]
-
-
-def _is_closed_nursery(e: BaseException) -> bool:
-    return isinstance(e, RuntimeError) and "Nursery is closed to new arrivals" in str(e)
+    async with open_stack(
+        workdir=tmp_path / "stack", runtime_factory=runtime, explorer=False, **kw
+    ) as s:
+        yield s
 
 
 async def wait_standing(s: Stack, n: int, timeout: float = READY_TIMEOUT) -> None:

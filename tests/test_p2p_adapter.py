@@ -98,3 +98,9 @@ async def test_stream_data_path_is_faster_than_upstream(monkeypatch):
         monkeypatch.undo()
         adapter.apply()
     assert tuned > 1.3 * upstream, (tuned, upstream)
+
+
+def test_teardown_race_is_recognised_exactly():
+    assert adapter.is_teardown_race(RuntimeError("Nursery is closed to new arrivals"))
+    assert not adapter.is_teardown_race(RuntimeError("something else"))
+    assert not adapter.is_teardown_race(ValueError("Nursery is closed to new arrivals"))

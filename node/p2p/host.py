@@ -145,10 +145,13 @@ class KaisarHost:
             async with self._serving() as host:
                 yield host
         except BaseExceptionGroup as group:
+            _, rest = group.split(adapter.is_teardown_race)
+            if rest is None:  # only py-libp2p's shutdown race (adapter.py item 9): a clean stop
+                return
             # py-libp2p nests services in nurseries; surface our own error unwrapped.
-            match, _ = group.split(P2PError)
+            match, _ = rest.split(P2PError)
             if match is None:
-                raise
+                raise rest from None
             leaf: BaseException = match
             while isinstance(leaf, BaseExceptionGroup):
                 leaf = leaf.exceptions[0]
