@@ -37,6 +37,9 @@ log = logging.getLogger("kaisar.devnet")
 ETHER = 10**18
 CHECKER_STAKE = 10 * ETHER
 DEMO_FUNDS = 1000 * ETHER
+DEVNET_EPOCH_SECONDS = 20.0  # a failed first PoPW epoch is retried 20 s later, not 60
+DEVNET_POPW_SECONDS = 0.5
+DEVNET_POPW_ALLOWANCE = 4.0
 DEVNET_KEY_PASSWORD = "kaisar-devnet"  # throwaway devnet keys only
 # anvil's first development account: a published test key, never a real one.
 ANVIL_DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
@@ -82,6 +85,27 @@ class Stack:
         for proto in (ps.POPW_PROTOCOL, ps.DEPLOY_PROTOCOL, ps.TUNNEL_PROTOCOL, ps.LOGS_PROTOCOL, ps.STATUS_PROTOCOL):
             host.host.remove_stream_handler(proto)
         await self.provider_runtimes[i].cleanup_all()
+
+
+def devnet_class_table() -> Any:
+    """configs/gpu_classes.toml with challenges sized for a devnet on one machine.
+
+    Every provider of a devnet proves on the same cores as everything else, several
+    at once: challenges target DEVNET_POPW_SECONDS of honest work (instead of ~2 s)
+    with a wider network allowance, so an honest but CPU-starved prover is not late.
+    The verification rules are unchanged.
+    """
+    import dataclasses
+
+    from node.popw.classes import load_table
+
+    table = load_table()
+    policy = dataclasses.replace(
+        table.policy,
+        target_seconds=DEVNET_POPW_SECONDS,
+        network_allowance_seconds=DEVNET_POPW_ALLOWANCE,
+    )
+    return dataclasses.replace(table, policy=policy)
 
 
 def _free_port() -> int:
@@ -204,10 +228,14 @@ async def open_stack(
         # Every provider proves to each of its committee members in turn (one exchange at
         # a time) and all of them share this machine's cores: allow a long busy-retry
         # window so the whole committee attests in the first epoch.
-        csettings = checker_settings or CheckerSettings(popw_attempts=40, round_timeout=3.0)
+        csettings = checker_settings or CheckerSettings(
+            popw_attempts=40, round_timeout=3.0, epoch_seconds=DEVNET_EPOCH_SECONDS
+        )
+        classes = devnet_class_table()
         for i, host in enumerate(s.checkers):
             checker = CheckerService(
-                host, checker_ids[i], dev.chain, workdir / f"checker{i}", csettings
+                host, checker_ids[i], dev.chain, workdir / f"checker{i}", csettings,
+                classes=classes,
             )
             await nursery.start(checker.run)
             s.checker_services.append(checker)
