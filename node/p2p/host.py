@@ -148,14 +148,13 @@ class KaisarHost:
             _, rest = group.split(adapter.is_teardown_race)
             if rest is None:  # only py-libp2p's shutdown race (adapter.py item 9): a clean stop
                 return
-            # py-libp2p nests services in nurseries; surface our own error unwrapped.
-            match, _ = rest.split(P2PError)
-            if match is None:
-                raise rest from None
-            leaf: BaseException = match
-            while isinstance(leaf, BaseExceptionGroup):
-                leaf = leaf.exceptions[0]
-            raise leaf from None
+            # py-libp2p nests each service in its own nursery, so one error arrives
+            # wrapped ten groups deep (pytest and tracebacks then hide its message).
+            # A single underlying exception is re-raised as itself.
+            leaves = _leaves(rest)
+            if len(leaves) == 1:
+                raise leaves[0] from None
+            raise rest from None
 
     @asynccontextmanager
     async def _serving(self) -> AsyncIterator[KaisarHost]:
@@ -397,6 +396,12 @@ class KaisarHost:
         async with self.open_stream(peer_id, protocol) as framed:
             await framed.send(obj, timeout=timeout)
             return await framed.recv(max_size=max_size, timeout=timeout)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 def _msg_key(msg: Any) -> bytes:
