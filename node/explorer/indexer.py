@@ -40,12 +40,12 @@ JOB_ID_MAX_SORT = (1 << 63) - 1
 
 # Area modules that register message types on import. The explorer imports each one
 # that exists, so it subscribes to (and validates) every type the network speaks.
+# Modules that register gossip message types (wire.register + TOPIC_TYPES). A new
+# area that gossips adds its messages module here so the explorer validates and
+# indexes its types.
 MESSAGE_MODULES = (
     "node.roles.provider.messages",
     "node.roles.checker.messages",
-    "node.consensus.messages",
-    "node.consensus.gossip",
-    "node.popw.messages",
 )
 
 
@@ -54,11 +54,7 @@ def load_message_types() -> list[str]:
     import importlib
 
     for name in MESSAGE_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not name.startswith(exc.name):
-                raise
+        importlib.import_module(name)
     return sorted(wire.REGISTRY)
 
 
