@@ -142,7 +142,7 @@ async def run_demo(
                 result = {"ok": False, "reason": reason}
             emit("result", **result)
         if keep_running:
-            emit("running", hint=f"kaisar client --devnet {s.info_path} ls")
+            emit("running", hint=f"kaisar client ls --devnet {s.info_path}")
             await trio.sleep_forever()
     if as_json and demo:
         print(json.dumps({"ok": result["ok"], "time_to_service_s": result.get("time_to_service_s")}), flush=True)

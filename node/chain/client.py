@@ -43,6 +43,10 @@ T = TypeVar("T")
 
 EMBEDDED = "embedded"
 GAS_MARGIN = 1.25  # estimate_gas is exact for the state it ran on; state moves
+# ...and time moves: Escrow.close/claim estimated one block before they run can take
+# a costlier branch (a first payout credit is a fresh 20k-gas SSTORE), which ran out
+# of gas on anvil with the proportional margin alone.
+GAS_HEADROOM = 60_000
 RECEIPT_POLL = 0.05  # seconds between receipt polls (embedded mines instantly)
 RESEND_AFTER = 15.0  # re-broadcast a transaction the node no longer knows
 RECEIPT_TIMEOUT = 120.0
@@ -275,7 +279,7 @@ class Sender:
                     raise InsufficientFunds(self._funds_message(value)) from None
                 raise
             if gas is None:
-                tx["gas"] = int(int(tx["gas"]) * GAS_MARGIN)  # type: ignore[call-overload]
+                tx["gas"] = int(int(tx["gas"]) * GAS_MARGIN) + GAS_HEADROOM  # type: ignore[call-overload]
         await self._check_funds(tx)
         raw = self._account.sign_transaction(tx).raw_transaction
         txhash = await self._broadcast(raw)
@@ -319,7 +323,7 @@ class Sender:
             if _is_insufficient_funds(exc):
                 raise InsufficientFunds(self._funds_message(tx["value"])) from None
             raise
-        return int(est * GAS_MARGIN)
+        return int(est * GAS_MARGIN) + GAS_HEADROOM
 
     async def _check_funds(self, tx: dict) -> None:
         price = tx.get("maxFeePerGas", tx.get("gasPrice", 0))

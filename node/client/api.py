@@ -377,6 +377,21 @@ class Client:
 
     async def _reach(self, provider: str) -> ID | None:
         peer = self.provider_peer(provider)
+        # A fresh client (one CLI command) has heard nobody yet: give the provider's
+        # periodic ad up to ad_wait to arrive before saying it is unknown.
+        # A status names the peer but not its addresses: wait for the ad too, unless
+        # already connected.
+        deadline = trio.current_time() + self.ad_wait
+
+        def reachable() -> bool:
+            return peer is not None and (
+                self.offers.get(provider) is not None
+                or peer in self.host.connected_peers()
+            )
+
+        while not reachable() and trio.current_time() < deadline:
+            await self._heard_something(min(deadline - trio.current_time(), 1.0))
+            peer = self.provider_peer(provider)
         if peer is None:
             return None
         offer = self.offers.get(provider)
