@@ -88,6 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    if any(area != "node.keys_commands" for area in _areas_for(argv)):
+        from node.p2p.adapter import TeardownRaceLogFilter
+
+        # py-libp2p's "libp2p" logger does not propagate: with no handler of its own,
+        # its records go to logging.lastResort, not to the root handler.
+        for handler in [*logging.getLogger().handlers, logging.lastResort]:
+            if handler is not None:
+                handler.addFilter(TeardownRaceLogFilter())
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

@@ -104,3 +104,20 @@ def test_teardown_race_is_recognised_exactly():
     assert adapter.is_teardown_race(RuntimeError("Nursery is closed to new arrivals"))
     assert not adapter.is_teardown_race(RuntimeError("something else"))
     assert not adapter.is_teardown_race(ValueError("Nursery is closed to new arrivals"))
+
+
+def test_teardown_race_log_records_are_filtered():
+    import logging
+
+    race = RuntimeError("Nursery is closed to new arrivals")
+    group = BaseExceptionGroup("x", [ExceptionGroup("y", [race])])
+    f = adapter.TeardownRaceLogFilter()
+
+    def record(exc):
+        return logging.LogRecord("libp2p.x", logging.ERROR, __file__, 1, "task exited", None,
+                                 (type(exc), exc, None) if exc else None)
+
+    assert not f.filter(record(race)) and not f.filter(record(group))
+    assert f.filter(record(RuntimeError("other"))) and f.filter(record(None))
+    mixed = ExceptionGroup("z", [race, ValueError("real")])
+    assert f.filter(record(mixed))  # a real error alongside is still shown
