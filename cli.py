@@ -15,7 +15,7 @@ import logging
 import sys
 
 from node import __version__
-from node.errors import UserError, find_user_error
+from node.errors import UserError, find_user_error, leaves
 
 # Areas whose `commands` module registers CLI groups, in --help order, with the
 # top-level groups each one owns. Only the area of the command being run is imported
@@ -115,19 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
 def _report_internal(group: BaseExceptionGroup) -> None:
     """A bug, not a user error: show each real exception (libp2p nests groups deeply)."""
     import traceback
 
-    leaves = [e for e in _leaves(group) if not isinstance(e, KeyboardInterrupt)]
-    print(f"kaisar: internal error ({len(leaves)} exception(s)); please report:", file=sys.stderr)
-    for leaf in leaves:
+    real = [e for e in leaves(group) if not isinstance(e, KeyboardInterrupt)]
+    print(f"kaisar: internal error ({len(real)} exception(s)); please report:", file=sys.stderr)
+    for leaf in real:
         traceback.print_exception(type(leaf), leaf, leaf.__traceback__, limit=-8, file=sys.stderr)
 
 

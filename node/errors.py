@@ -5,13 +5,13 @@ class UserError(Exception):
     """Bad flag, missing file, wrong password, bad config, unreachable RPC, ..."""
 
 
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside ``exc``, however deeply trio/py-libp2p nested the groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+    return [exc]
+
+
 def find_user_error(exc: BaseException) -> UserError | None:
     """The UserError inside ``exc``, also when trio wrapped it in an exception group."""
-    if isinstance(exc, UserError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = find_user_error(inner)
-            if found is not None:
-                return found
-    return None
+    return next((e for e in leaves(exc) if isinstance(e, UserError)), None)

@@ -38,6 +38,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from node import metrics, wire
 from node.eip712 import Domain
+from node.errors import leaves
 from node.identity import Identity, peer_id_to_address
 from node.p2p import adapter
 from node.p2p.frames import DEFAULT_MAX_FRAME, FramedStream, FrameError
@@ -151,9 +152,9 @@ class KaisarHost:
             # py-libp2p nests each service in its own nursery, so one error arrives
             # wrapped ten groups deep (pytest and tracebacks then hide its message).
             # A single underlying exception is re-raised as itself.
-            leaves = _leaves(rest)
-            if len(leaves) == 1:
-                raise leaves[0] from None
+            inner = leaves(rest)
+            if len(inner) == 1:
+                raise inner[0] from None
             raise rest from None
 
     @asynccontextmanager
@@ -396,12 +397,6 @@ class KaisarHost:
         async with self.open_stream(peer_id, protocol) as framed:
             await framed.send(obj, timeout=timeout)
             return await framed.recv(max_size=max_size, timeout=timeout)
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
 
 
 def _msg_key(msg: Any) -> bytes:
