@@ -9,6 +9,7 @@ import time
 import trio
 
 from node import wire
+from node.benchstats import percentile
 from node.devnet import start_network, wait_for_mesh
 from node.p2p import adapter
 from node.p2p.host import TOPIC_TYPES
@@ -23,13 +24,6 @@ TOPIC_TYPES["status/1"].add("BenchPing")
 
 STREAM_PROTOCOL = "/kaisar/bench-sink/1"
 CHUNK = 1 << 20
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
 async def bench_gossip(
@@ -68,7 +62,7 @@ async def bench_gossip(
         "messages": count,
         "delivered_ratio": round(delivered / (count * (nodes - 1)), 4),
         "p50_ms": round(statistics.median(latencies), 2) if latencies else None,
-        "p95_ms": round(_pct(latencies, 0.95), 2) if latencies else None,
+        "p95_ms": round(percentile(latencies, 0.95), 2) if latencies else None,
         "max_ms": round(max(latencies), 2) if latencies else None,
         "cpu_ms_per_delivery": round(cpu * 1000 / max(delivered, 1), 3),
         "cpu_share": round(cpu / wall, 3),

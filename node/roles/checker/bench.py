@@ -19,6 +19,7 @@ from typing import Any
 import trio
 from eth_utils import keccak
 
+from node.benchstats import percentile
 from node.consensus.checkers import make_checker_set
 from node.consensus.scheduler import JobSpec, ProviderInfo
 from node.devnet import start_network, wait_for_mesh
@@ -28,11 +29,6 @@ from node.roles.checker.engine import AssignmentEngine
 
 DOMAIN = Domain(1337, "0x" + "22" * 20)
 PROVIDER = Identity(keccak(b"bench-provider")).address
-
-
-def _pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
 async def measure(n: int, jobs: int) -> dict[str, Any]:
@@ -71,7 +67,7 @@ async def measure(n: int, jobs: int) -> dict[str, Any]:
     return {
         "checkers": n,
         "p50_ms": round(statistics.median(first) * 1000, 1),
-        "p95_ms": round(_pct(first, 0.95) * 1000, 1),
+        "p95_ms": round(percentile(first, 0.95) * 1000, 1),
         "all_p50_ms": round(statistics.median(every) * 1000, 1),
         "messages_per_decision": round(statistics.mean(msgs), 1),
         "jobs": jobs,
