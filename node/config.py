@@ -164,6 +164,13 @@ class CheckerSection:
     status_timeout: float = 30.0  # an assigned provider silent this long has failed
     submit_backoff: float = 2.0  # seconds between checkers taking turns to submit a QC
     chain_poll: float = 1.0  # seconds between chain event polls
+    deploy_timeout: float = 60.0  # seconds a deploy command may take (image start included)
+    popw_attempts: int = 6  # tries per epoch and provider while it answers busy
+    # PoPW challenge sizing: 0 = configs/gpu_classes.toml ([popw] target_seconds /
+    # network_allowance_seconds). A devnet on one machine sets smaller challenges and a
+    # wider allowance; every checker of a network should use the same values.
+    popw_target_seconds: float = 0.0
+    popw_allowance_seconds: float = 0.0
 
     def check(self) -> None:
         _check(1 <= self.epoch_seconds <= 86400, "epoch_seconds", "1..86400 s")
@@ -172,6 +179,18 @@ class CheckerSection:
         _check(1 <= self.status_timeout <= 3600, "status_timeout", "1..3600 s")
         _check(0 <= self.submit_backoff <= 600, "submit_backoff", "0..600 s")
         _check(0.05 <= self.chain_poll <= 60, "chain_poll", "0.05..60 s")
+        _check(1 <= self.deploy_timeout <= 3600, "deploy_timeout", "1..3600 s")
+        _check(1 <= self.popw_attempts <= 1000, "popw_attempts", "1..1000")
+        _check(
+            self.popw_target_seconds == 0 or 0.01 <= self.popw_target_seconds <= 600,
+            "popw_target_seconds",
+            "0 (class table) or 0.01..600 s",
+        )
+        _check(
+            self.popw_allowance_seconds == 0 or 0.01 <= self.popw_allowance_seconds <= 600,
+            "popw_allowance_seconds",
+            "0 (class table) or 0.01..600 s",
+        )
 
 
 @dataclass(frozen=True)
