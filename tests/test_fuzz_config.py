@@ -120,7 +120,7 @@ def _build(cfg: config.Config) -> None:
     validate_request(1, "kaisar/busybox", 8080, (), settings.limits, {})
 
 
-@fuzz(300)
+@fuzz(150)
 @given(configs())
 def test_every_key_with_any_value_loads_or_names_the_key(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("cfg") / "c.toml"

@@ -158,7 +158,7 @@ def _convert(env: wire.Envelope) -> None:
 # envelopes -------------------------------------------------------------------------
 
 
-@fuzz(300)
+@fuzz(150)
 @given(bodies(), st.binary(min_size=20, max_size=20), st.binary(min_size=65, max_size=65))
 def test_any_body_of_any_type_only_raises_wire_error(tb, signer, sig):
     name, body = tb
@@ -169,7 +169,7 @@ def test_any_body_of_any_type_only_raises_wire_error(tb, signer, sig):
         wire.decode(data, domain=DOMAIN, network=NET)
 
 
-@fuzz(300)
+@fuzz(150)
 @given(bodies())
 def test_signed_bodies_round_trip_or_are_refused_by_schema(tb):
     """Signing checks the schema; whatever signs also decodes to the same content, and
@@ -185,7 +185,7 @@ def test_signed_bodies_round_trip_or_are_refused_by_schema(tb):
     _convert(got)
 
 
-@fuzz(60)
+@fuzz(40)
 @given(st.sampled_from(TYPES), st.data())
 def test_valid_messages_of_every_type_decode_and_convert(name, data):
     body = _valid_body(name, data)
@@ -199,7 +199,7 @@ def test_valid_messages_of_every_type_decode_and_convert(name, data):
         wire.decode(env.to_bytes(), domain=DOMAIN, network=NET, replay=guard)
 
 
-@fuzz(100)
+@fuzz(60)
 @given(st.sampled_from(TYPES), st.data())
 def test_mutated_signed_messages_of_every_type_only_raise_wire_error(name, data):
     body = _valid_body(name, data)
