@@ -59,6 +59,11 @@ class P2PSection:
     stream_burst: int = 100  # streams a quiet peer may open at once per protocol
     max_streams_per_peer: int = 64  # open inbound streams per peer (all protocols)
     max_inbound_streams: int = 1024  # open inbound streams, all peers together
+    # Gossip budgets (node/p2p/limits.py GossipGate): messages per second
+    gossip_rate_per_peer: float = 1000.0  # relayed by one connected peer, checked before decoding
+    gossip_burst_per_peer: int = 5000
+    gossip_rate_per_signer: float = 200.0  # valid messages signed by one key
+    gossip_burst_per_signer: int = 1000
 
     def check(self) -> None:
         from multiaddr import Multiaddr
@@ -88,6 +93,10 @@ class P2PSection:
             "max_inbound_streams",
             "max_streams_per_peer..1000000",
         )
+        _check(0.01 <= self.gossip_rate_per_peer <= 1e6, "gossip_rate_per_peer", "0.01..1000000 msgs/s")
+        _check(1 <= self.gossip_burst_per_peer <= 10**7, "gossip_burst_per_peer", "1..10000000")
+        _check(0.01 <= self.gossip_rate_per_signer <= 1e6, "gossip_rate_per_signer", "0.01..1000000 msgs/s")
+        _check(1 <= self.gossip_burst_per_signer <= 10**7, "gossip_burst_per_signer", "1..10000000")
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,7 @@ class ProviderSection:
     status_interval: float = 5.0  # job monitor + running heartbeat period
     chain_poll_interval: float = 10.0  # re-read live jobs on chain (closed, reassigned)
     max_tunnels_per_job: int = 8
+    max_log_streams_per_job: int = 4  # concurrent /kaisar/logs/1 streams per job
     memory_mb: int = 1024  # per job container
     cpus: float = 1.0
     pids: int = 512
@@ -144,6 +154,7 @@ class ProviderSection:
         _check(0.05 <= self.status_interval <= 600, "status_interval", "0.05..600 s")
         _check(0.1 <= self.chain_poll_interval <= 3600, "chain_poll_interval", "0.1..3600 s")
         _check(1 <= self.max_tunnels_per_job <= 1024, "max_tunnels_per_job", "1..1024")
+        _check(1 <= self.max_log_streams_per_job <= 1024, "max_log_streams_per_job", "1..1024")
         _check(8 <= self.memory_mb <= 1 << 22, "memory_mb", "8..4194304")
         _check(0 < self.cpus <= 1024, "cpus", "0 < cpus <= 1024")
         _check(1 <= self.pids <= 1 << 22, "pids", "1..4194304")

@@ -24,7 +24,7 @@ from node.eip712 import Domain
 from node.identity import Identity
 from node.p2p import adapter
 from node.p2p.host import HostOptions, KaisarHost, P2PError, open_host
-from node.p2p.limits import StreamLimits
+from node.p2p.limits import GossipLimits, StreamLimits
 
 log = logging.getLogger("kaisar.node")
 
@@ -62,6 +62,12 @@ def host_options(config: Config) -> HostOptions:
             burst=p.stream_burst,
             per_peer=p.max_streams_per_peer,
             total=p.max_inbound_streams,
+        ),
+        gossip_limits=GossipLimits(
+            forwarder_rate=p.gossip_rate_per_peer,
+            forwarder_burst=p.gossip_burst_per_peer,
+            signer_rate=p.gossip_rate_per_signer,
+            signer_burst=p.gossip_burst_per_signer,
         ),
     )
 

@@ -182,3 +182,109 @@ def test_config_keys_reach_the_gate():
             assert str(exc).startswith("p2p.")
         else:
             raise AssertionError(f"{bad} accepted")
+
+
+# gossip budgets ------------------------------------------------------------------------
+
+
+def test_gossip_gate_buckets_per_forwarder_and_signer():
+    from node.p2p.limits import GossipGate, GossipLimits
+
+    clock = Clock()
+    gate = GossipGate(GossipLimits(forwarder_rate=1, forwarder_burst=2, signer_rate=1, signer_burst=3), clock)
+    assert [gate.forwarder_ok("p") for _ in range(3)] == [True, True, False]
+    assert gate.forwarder_ok("q")
+    assert [gate.signer_ok("0xA") for _ in range(4)] == [True, True, True, False]
+    clock.t = 1.0
+    assert gate.forwarder_ok("p") and gate.signer_ok("0xA")
+
+
+async def test_valid_gossip_flood_from_one_key_is_capped_while_honest_gossip_flows():
+    from node.devnet import start_network, wait_for_mesh
+    from node.p2p.limits import GossipGate, GossipLimits
+
+    async with start_network(3) as (node, flooder, honest):
+        node.gossip_gate = GossipGate(GossipLimits(signer_rate=5, signer_burst=10))
+        got: dict[str, int] = {}
+
+        async def on(env, peer):
+            got[env.signer] = got.get(env.signer, 0) + 1
+
+        async def ignore(env, peer):
+            pass
+
+        await node.subscribe("status/1", on)  # counted at the node under attack only
+        for h in (flooder, honest):
+            await h.subscribe("status/1", ignore)
+        await wait_for_mesh([node, flooder, honest], "status/1")
+        topic = node.topic("status/1")
+        before = metrics.GOSSIP_REJECTED.labels(node.address[:10], topic, "rate-signer")._value.get()
+
+        def hb(h):
+            return h.sign("Heartbeat", {"role": "provider", "peer": h.peer_id.to_base58(), "addrs": []})
+
+        t0 = trio.current_time()
+        for i in range(100):  # valid, signed, fresh: useless only by volume
+            await flooder.publish("status/1", hb(flooder))
+            if i % 20 == 0:
+                await honest.publish("status/1", hb(honest))
+            await trio.sleep(0.005)
+        await wait_until_(lambda: got.get(honest.address, 0) >= 5)
+        elapsed = trio.current_time() - t0
+        # burst 10 plus 5/s while the flood ran (and a little slack for scheduling)
+        assert got.get(flooder.address, 0) <= 10 + 5 * elapsed + 2, (got, elapsed)
+        rejected = metrics.GOSSIP_REJECTED.labels(node.address[:10], topic, "rate-signer")._value.get() - before
+        # the rest never reach the validator: py-libp2p scores down a peer whose messages
+        # are rejected and drops its later ones unread
+        assert rejected > 0, (rejected, got, elapsed)
+        assert got[honest.address] == 5
+
+
+async def wait_until_(pred, timeout=10):
+    with trio.fail_after(timeout):
+        while not pred():
+            await trio.sleep(0.02)
+
+
+async def test_malformed_multiaddrs_in_bootstrap_and_dials_fail_cleanly():
+    from node.bench_hostile import BAD_ADDRS
+
+    opts = HostOptions(dht=False, bootstrap=BAD_ADDRS)
+    async with open_host(Identity.generate(), network="devnet", domain=DEVNET_DOMAIN, options=opts) as host:
+        for addr in BAD_ADDRS + ["", "not even a path", "/ip4/127.0.0.1/tcp/1"]:
+            with trio.fail_after(15):
+                try:
+                    await host.connect(addr)
+                except P2PError:
+                    pass
+        await trio.sleep(0.5)  # the bootstrap dialers have failed and logged by now
+        assert host.addrs() and host.gate.open_streams() == 0
+
+
+async def test_a_node_describes_only_itself():
+    """A heartbeat, ad or status names where to dial its sender (``peer``): one that names
+    another node is rejected, so a provider cannot point PoPW challenges or tunnels at
+    someone else's machine."""
+    from node.devnet import start_network, wait_for_mesh
+
+    async with start_network(3) as (node, liar, other):
+        got = []
+
+        async def on(env, peer):
+            got.append(env.body["peer"])
+
+        async def ignore(env, peer):
+            pass
+
+        await node.subscribe("status/1", on)
+        for h in (liar, other):
+            await h.subscribe("status/1", ignore)
+        await wait_for_mesh([node, liar, other], "status/1")
+        label, topic = node.address[:10], node.topic("status/1")
+        before = metrics.GOSSIP_REJECTED.labels(label, topic, "publisher")._value.get()
+        for peer in (other.peer_id.to_base58(), "x", liar.peer_id.to_base58()):
+            await liar.publish("status/1", liar.sign("Heartbeat", {"role": "provider", "peer": peer, "addrs": []}))
+        await wait_until_(lambda: got)
+        await trio.sleep(0.3)
+        assert got == [liar.peer_id.to_base58()]
+        assert metrics.GOSSIP_REJECTED.labels(label, topic, "publisher")._value.get() - before == 2

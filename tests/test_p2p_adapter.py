@@ -56,7 +56,7 @@ async def burst_delivered() -> int:
         await b.subscribe("status/1", slow)
         await wait_for_mesh([a, b], "status/1")
         for _ in range(BURST):
-            env = a.sign("Heartbeat", {"role": "provider", "peer": "p", "addrs": []})
+            env = a.sign("Heartbeat", {"role": "provider", "peer": a.peer_id.to_base58(), "addrs": []})
             await a.publish("status/1", env)
         await trio.sleep(1.0)
         busy.set()

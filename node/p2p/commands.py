@@ -1,4 +1,4 @@
-"""Benchmarks of the p2p layer: `kaisar bench gossip`, `kaisar bench stream`."""
+"""Benchmarks of the p2p layer: `kaisar bench gossip`, `kaisar bench stream`, `kaisar bench hostile`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,13 @@ def register_bench(bench) -> None:
     s.add_argument("--repeat", type=int, default=3)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_stream)
+    h = bench.add_parser(
+        "hostile", help="a provider under attack by a hostile peer process; honest latency per attack"
+    )
+    h.add_argument("--seconds", type=float, default=5.0, help="length of each phase")
+    h.add_argument("--streams", type=int, default=100, help="slow-loris streams the attacker holds")
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=cmd_hostile)
 
 
 def _out(result: dict, as_json: bool) -> int:
@@ -51,3 +58,22 @@ def cmd_stream(args) -> int:
     if not 1 <= args.mib <= 4096 or not 1 <= args.repeat <= 20:
         raise UserError("--mib must be 1..4096 and --repeat 1..20")
     return _out(trio.run(bench_stream, args.mib, args.repeat), args.json)
+
+
+def cmd_hostile(args) -> int:
+    import trio
+
+    from node.bench_hostile import run_hostile
+
+    if not 0.5 <= args.seconds <= 600 or not 1 <= args.streams <= 10_000:
+        raise UserError("--seconds must be 0.5..600 and --streams 1..10000")
+    result = trio.run(run_hostile, args.seconds, args.streams)
+    if args.json:
+        return _out(result, True)
+    for name, ph in result["phases"].items():
+        print(f"{name:>10}: " + " ".join(f"{k}={v}" for k, v in ph.items()))
+    print(
+        f"provider_alive={result['provider_alive']} traced_mib {result['traced_mib_before']} -> "
+        f"{result['traced_mib_after']}"
+    )
+    return 0

@@ -7,6 +7,7 @@ run, and bootstrap peers are dialled. Leaving it closes everything.
 Gossip: ``subscribe(topic, handler)`` registers a validator that runs the full wire
 checks (``wire.decode``) *and* requires the envelope signer to be the key of the
 publishing peer, so a message cannot be re-published under someone else's peer ID.
+Each forwarding peer and each signer has a message budget (``limits.GossipGate``).
 Rejected messages are counted by reason and never reach a handler; a handler that
 raises is logged and counted, never kills the host.
 
@@ -44,7 +45,7 @@ from node.errors import leaves
 from node.identity import Identity, peer_id_to_address
 from node.p2p import adapter
 from node.p2p.frames import DEFAULT_MAX_FRAME, FramedStream, FrameError
-from node.p2p.limits import StreamGate, StreamLimits
+from node.p2p.limits import GossipGate, GossipLimits, StreamGate, StreamLimits
 
 log = logging.getLogger("kaisar.p2p")
 
@@ -80,6 +81,7 @@ class HostOptions:
     dht: bool = True
     max_message_size: int = 64 * 1024
     stream_limits: StreamLimits = field(default_factory=StreamLimits)
+    gossip_limits: GossipLimits = field(default_factory=GossipLimits)
 
 
 class KaisarHost:
@@ -102,6 +104,7 @@ class KaisarHost:
         self.roles = roles
         self.replay = wire.ReplayGuard()
         self.gate = StreamGate(options.stream_limits)
+        self.gossip_gate = GossipGate(options.gossip_limits)
         self._label = identity.address[:10]
         noise_key = create_x25519_key_pair()
         self.host = new_host(
@@ -290,7 +293,12 @@ class KaisarHost:
     def _validator(self, topic: str, allowed: frozenset[str]) -> Callable[[ID, Any], bool]:
         def validate(forwarder: ID, msg: Any) -> bool:
             try:
+                # Cheap checks first: the forwarding peer's budget before any signature work
+                if not self.gossip_gate.forwarder_ok(str(forwarder)):
+                    raise wire.WireError("rate-forwarder", f"{forwarder} relays too fast")
                 env = self._decode(msg, allowed)
+                if not self.gossip_gate.signer_ok(env.signer):
+                    raise wire.WireError("rate-signer", f"{env.signer} signs too fast")
             except wire.WireError as exc:
                 metrics.GOSSIP_REJECTED.labels(self._label, topic, exc.reason).inc()
                 log.debug("event=gossip_rejected topic=%s reason=%s", topic, exc)
@@ -313,6 +321,12 @@ class KaisarHost:
         )
         if env.signer != self._from_address(msg.from_id):
             raise wire.WireError("publisher", "signer is not the publishing peer")
+        # A node describes itself only: its ``peer`` field (heartbeats, ads, job statuses)
+        # is where others dial it, so it must be the publishing peer, or a provider could
+        # send checkers' PoPW challenges and clients' tunnels to another node.
+        peer_field = env.body.get("peer")
+        if peer_field is not None and peer_field != ID(msg.from_id).to_base58():
+            raise wire.WireError("publisher", "peer field is not the publishing peer")
         return env
 
     def _from_address(self, from_id: bytes) -> str | None:

@@ -35,6 +35,7 @@ from node.chain.api import JOB_ASSIGNED, JOB_OPEN, KaisarChain
 from node.consensus.checkers import CheckerSetError, make_checker_set
 from node.consensus.votes import assign_digest
 from node.eip712 import Domain
+from node.identity import peer_id_to_address
 from node.p2p.frames import FramedStream, FrameError
 from node.p2p.host import KaisarHost
 from node.popw.inventory import Inventory, read_inventory
@@ -55,6 +56,7 @@ LOGS_PROTOCOL = "/kaisar/logs/1"
 STATUS_PROTOCOL = "/kaisar/status/1"
 LOG_FRAME_BYTES = 32 * 1024
 MAX_BUSY_SECONDS = 3600.0
+CHECKER_CACHE_S = 30.0  # how long the provider trusts its copy of the active checker set
 STATE_FILE = "provider.sqlite"
 
 
@@ -67,6 +69,7 @@ class ProviderSettings:
     status_interval: float = 5.0  # job monitor period: expiry, container health, heartbeat
     chain_poll_interval: float = 10.0  # re-read live jobs on chain (closed, reassigned, extended)
     max_tunnels_per_job: int = 8
+    max_log_streams_per_job: int = 4  # each one holds a connection to the engine
     limits: Limits = field(default_factory=Limits)
     log_retention: float = 600.0  # keep a stopped container this long for its logs
 
@@ -80,6 +83,7 @@ class ProviderSettings:
             status_interval=p.status_interval,
             chain_poll_interval=p.chain_poll_interval,
             max_tunnels_per_job=p.max_tunnels_per_job,
+            max_log_streams_per_job=p.max_log_streams_per_job,
             limits=Limits(
                 memory_bytes=p.memory_mb * 1024 * 1024,
                 cpus=p.cpus,
@@ -137,9 +141,12 @@ class ProviderService:
         self.engine_ok = False
         self._job_locks: dict[int, trio.Lock] = defaultdict(trio.Lock)
         self._tunnels: dict[int, int] = defaultdict(int)
+        self._log_streams: dict[int, int] = defaultdict(int)
         self._tunnel_scopes: dict[int, set[trio.CancelScope]] = defaultdict(set)
         self._ended_at: dict[int, float] = {}
         self._changed = trio.Event()
+        self._checkers: set[str] = set()
+        self._checkers_at = -CHECKER_CACHE_S - 1.0
         self._last_chain_poll = 0.0
         self.ads_sent = 0
 
@@ -289,10 +296,33 @@ class ProviderService:
         from node.popw.challenge import PopwError
         from node.popw.protocol import respond_popw
 
+        if not await self._is_checker(peer):
+            # Only the chain's active checkers may make this node compute: anyone else
+            # could use it as a free prover for its own PoPW (a relay) or just burn it.
+            log.info("event=popw_refused peer=%s reason=not an active checker", peer)
+            return
         try:
             await respond_popw(framed, self.prover, busy=self.busy_seconds)
         except PopwError as exc:
             log.info("event=popw_refused peer=%s reason=%s", peer, exc)
+
+    async def _is_checker(self, peer: Any) -> bool:
+        """Is ``peer`` an active checker on chain? True without a chain (tests, sims).
+        The set is cached for CHECKER_CACHE_S; an RPC failure keeps the last one."""
+        if self.chain is None:
+            return True
+        now = self.clock()
+        if now - self._checkers_at > CHECKER_CACHE_S:
+            try:
+                active = await self.chain.active_checkers()
+                self._checkers = {k.lower() for k in active.node_keys}
+                self._checkers_at = now
+            except Exception as exc:  # RPC outage: the cached set (maybe empty) decides
+                log.warning("event=checker_set_read_failed err=%s", exc)
+        try:
+            return peer_id_to_address(peer).lower() in self._checkers
+        except Exception:  # not a secp256k1 peer id: not a checker's node key
+            return False
 
     # deploy ------------------------------------------------------------------------------
 
@@ -546,21 +576,29 @@ class ProviderService:
             if type(follow) is not bool or not (tail == "all" or (type(tail) is int and tail >= 0)):
                 raise AccessDenied("malformed logs request: follow is a bool, tail an int or 'all'")
             rec = self.authorize(token, need_running=False)
+            if self._log_streams[rec.job_id] >= self.settings.max_log_streams_per_job:
+                raise AccessDenied(f"at most {self.settings.max_log_streams_per_job} log streams per job")
             if self.runtime is None:
                 raise AccessDenied("no container engine")
         except AccessDenied as exc:
             await self._refuse(framed, "logs", peer, exc)
             return
-        await framed.send({"ok": True})
-        reason = "end"
+        self._log_streams[rec.job_id] += 1
         try:
-            async with self.runtime.logs(rec.job_id, follow=follow, tail=tail) as chunks:
-                async for chunk in chunks:
-                    for i in range(0, len(chunk), LOG_FRAME_BYTES):
-                        await framed.send({"t": "data", "data": chunk[i : i + LOG_FRAME_BYTES]})
-        except ContainerError as exc:
-            reason = exc.message
-        await framed.send({"t": "end", "reason": reason})
+            await framed.send({"ok": True})
+            reason = "end"
+            try:
+                async with self.runtime.logs(rec.job_id, follow=follow, tail=tail) as chunks:
+                    async for chunk in chunks:
+                        for i in range(0, len(chunk), LOG_FRAME_BYTES):
+                            await framed.send({"t": "data", "data": chunk[i : i + LOG_FRAME_BYTES]})
+            except ContainerError as exc:
+                reason = exc.message
+            await framed.send({"t": "end", "reason": reason})
+        finally:
+            self._log_streams[rec.job_id] -= 1
+            if not self._log_streams[rec.job_id]:
+                del self._log_streams[rec.job_id]
 
     async def _on_status(self, framed: FramedStream, peer: ID) -> None:
         obj = await framed.recv(max_size=TOKEN_MAX_BYTES, timeout=TOKEN_TIMEOUT)
