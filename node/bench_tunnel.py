@@ -165,11 +165,18 @@ def start_sink(docker_host: str) -> tuple[Any, int]:
     return c, port
 
 
+LOG_DIR = Path(tempfile.gettempdir()) / "kaisar-bench-tunnel"
+
+
 def _child(args: list[str]) -> tuple[subprocess.Popen, dict]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "node.bench_tunnel", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+    """Start a child role; its log goes to LOG_DIR/<role>-<data path>.log."""
+    LOG_DIR.mkdir(exist_ok=True)
+    name = args[0] + ("-" + args[-1] if args[0] == "client" else "")
+    with open(LOG_DIR / f"{name}.log", "w") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "node.bench_tunnel", *args],
+            stdout=subprocess.PIPE, stderr=logf, text=True,
+        )  # fmt: skip
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
@@ -445,6 +452,10 @@ def child_main(argv: list[str]) -> None:
     cp.add_argument("--owner-key", required=True)
     cp.add_argument("--data-path", choices=("auto", "stream"), default="auto")
     a = p.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("libp2p").setLevel(logging.WARNING)
     try:
         if a.role == "provider":
             trio.run(provider_main, a.host_port, a.owner)

@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import logging
 import os
+import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from typing import Any
 import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from node.p2p.pipe import ChannelBroken
+from node.p2p.pipe import ChannelBroken, PipeStats
 
 log = logging.getLogger("kaisar.p2p.datapath")
 
@@ -59,6 +60,7 @@ CIPHERS: dict[str, Callable[[bytes], Any]] = {
     "chacha20poly1305": ChaCha20Poly1305,  # ~1.5 GB/s; the choice without AES hardware
 }
 INFO = b"kaisar/tunnel-data/1"
+RELAY_THREADS = trio.CapacityLimiter(4096)  # 2 per direct tunnel being piped
 
 
 class DataPathError(Exception):
@@ -226,7 +228,114 @@ class SecureChannel:
             pass
 
     async def aclose(self) -> None:
+        self.closed.set()
         await self.stream.aclose()
+
+    # the relay: node.p2p.pipe.pipe() hands a (TCP, SecureChannel) pair to relay() ----
+
+    def _fill_sync(self, sock: socket.socket, need: int) -> bool:
+        buf = self._buf
+        while self._end - self._start < need:
+            if self._start and len(buf) - self._start < need:
+                n = self._end - self._start
+                buf[:n] = buf[self._start : self._end]
+                self._start, self._end = 0, n
+            got = sock.recv_into(memoryview(buf)[self._end :])
+            if not got:
+                return False
+            self._end += got
+            if self._end - self._start > self.max_buffered:
+                self.max_buffered = self._end - self._start
+        return True
+
+    def _read_record_sync(self, sock: socket.socket) -> tuple[int, bytes]:
+        if not self._fill_sync(sock, HEADER.size):
+            raise ChannelBroken("data connection ended without an EOF record")
+        rtype, length = HEADER.unpack_from(self._buf, self._start)
+        if length > RECORD_MAX or rtype not in (T_HELLO, T_DATA, T_EOF):
+            raise ChannelBroken("bad record header")
+        total = HEADER.size + length + TAG
+        if not self._fill_sync(sock, total):
+            raise ChannelBroken("data connection ended mid-record")
+        s = self._start
+        with memoryview(self._buf) as view:
+            plain = self._rx.open(view[s : s + HEADER.size], view[s + HEADER.size : s + total])
+        self._start += total
+        if self._start == self._end:
+            self._start = self._end = 0
+        return rtype, plain
+
+    async def relay(self, plain: trio.SocketStream, stats: PipeStats, *, secure_is_a: bool) -> None:
+        """``pipe(plain, self)`` with each direction in its own thread on blocking sockets.
+
+        Same rules as ``node.p2p.pipe.pipe`` (EOF half-closes the other side, an error
+        ends both, one chunk held per direction), without an event-loop round per
+        chunk (docs/BENCHMARKS.md, Tunnel).
+        """
+        ps = socket.socket(fileno=os.dup(plain.socket.fileno()))
+        ss = socket.socket(fileno=os.dup(self._sock.fileno()))
+        ps.setblocking(True)  # the duplicate shares the open file (and its O_NONBLOCK)
+        ss.setblocking(True)
+        to_secure, to_plain = (1, 0) if secure_is_a else (0, 1)  # stats index per direction
+        head, self._pending = self._pending, b""
+
+        def count(way: int, n: int) -> None:
+            if way == 0:
+                stats.a_to_b += n
+            else:
+                stats.b_to_a += n
+
+        def up() -> None:  # plain -> secure
+            try:
+                while True:
+                    data = ps.recv(RECORD_MAX)
+                    if not data:
+                        ss.sendall(self._tx.seal(T_EOF, b""))
+                        ss.shutdown(socket.SHUT_WR)
+                        return
+                    stats.held[to_secure] = len(data)
+                    stats.max_held = max(stats.max_held, len(data))
+                    ss.sendall(self._tx.seal(T_DATA, data))
+                    stats.held[to_secure] = 0
+                    count(to_secure, len(data))
+            except OSError as exc:
+                raise ChannelBroken(f"relay: {exc}") from None
+
+        def down() -> None:  # secure -> plain
+            try:
+                if head:
+                    ps.sendall(head)
+                    count(to_plain, len(head))
+                while True:
+                    rtype, data = self._read_record_sync(ss)
+                    if rtype == T_EOF:
+                        ps.shutdown(socket.SHUT_WR)
+                        return
+                    if rtype != T_DATA:
+                        raise ChannelBroken("unexpected record type")
+                    stats.held[to_plain] = len(data)
+                    stats.max_held = max(stats.max_held, len(data))
+                    ps.sendall(data)
+                    stats.held[to_plain] = 0
+                    count(to_plain, len(data))
+            except OSError as exc:
+                raise ChannelBroken(f"relay: {exc}") from None
+
+        async def run(fn: Callable[[], None]) -> None:
+            # trio-stubs (trio_typing) predate abandon_on_cancel, trio 0.35 has only it
+            await trio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=RELAY_THREADS)  # type: ignore[call-arg]
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, up)
+                nursery.start_soon(run, down)
+        finally:
+            for sock in (ps, ss):  # wakes a thread still blocked (error or cancel), then frees
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
 
 
 def listen_host(listen: Any) -> str:

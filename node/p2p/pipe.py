@@ -60,6 +60,10 @@ class PipeStats:
 async def pipe(a: ByteChannel, b: ByteChannel, *, chunk: int = CHUNK, stats: PipeStats | None = None) -> PipeStats:
     """Copy ``a <-> b`` under the rules above; never raises for a peer's failure."""
     st = stats if stats is not None else PipeStats()
+    if isinstance(a, trio.SocketStream) and hasattr(b, "relay"):
+        return await _relay(b, a, st, secure_is_a=False)
+    if isinstance(b, trio.SocketStream) and hasattr(a, "relay"):
+        return await _relay(a, b, st, secure_is_a=True)
 
     async def copy(src: ByteChannel, dst: ByteChannel, way: int) -> None:
         while True:
@@ -88,6 +92,17 @@ async def pipe(a: ByteChannel, b: ByteChannel, *, chunk: int = CHUNK, stats: Pip
     except* Exception as group:  # a libp2p stream error not mapped by Libp2pChannel
         st.ended_by = type(group.exceptions[0]).__name__
         log.debug("event=pipe_ended err=%r", group.exceptions[0])
+    st.held = [0, 0]
+    return st
+
+
+async def _relay(secure: Any, plain: trio.SocketStream, st: PipeStats, *, secure_is_a: bool) -> PipeStats:
+    """A channel that can relay itself (``datapath.SecureChannel``: threads, blocking I/O)."""
+    try:
+        await secure.relay(plain, st, secure_is_a=secure_is_a)
+        st.ended_by = "eof"
+    except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+        st.ended_by = type(group.exceptions[0]).__name__
     st.held = [0, 0]
     return st
 
