@@ -102,11 +102,11 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * len(s) + 0.5) - 1))]
 
 
-def proc_cpu(pids: list[int]) -> float:
-    """CPU seconds (user + system) of these processes and all their descendants."""
+def proc_cpu(pids: list[int]) -> tuple[float, float]:
+    """CPU seconds (user, system) of these processes and all their descendants."""
     ticks = os.sysconf("SC_CLK_TCK")
     parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
+    cpu: dict[int, tuple[float, float]] = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -115,16 +115,17 @@ def proc_cpu(pids: list[int]) -> float:
         except OSError:
             continue
         parent[int(d.name)] = int(fields[1])
-        cpu[int(d.name)] = (int(fields[11]) + int(fields[12])) / ticks
-    total, todo, seen = 0.0, list(pids), set()
+        cpu[int(d.name)] = (int(fields[11]) / ticks, int(fields[12]) / ticks)
+    user, system, todo, seen = 0.0, 0.0, list(pids), set()
     while todo:
         p = todo.pop()
         if p in seen:
             continue
         seen.add(p)
-        total += cpu.get(p, 0.0)
+        u, k = cpu.get(p, (0.0, 0.0))
+        user, system = user + u, system + k
         todo.extend(c for c, pp in parent.items() if pp == p)
-    return total
+    return user, system
 
 
 def wait_port(port: int, timeout: float = READY_TIMEOUT) -> None:
@@ -304,9 +305,12 @@ def run(mib: int = 256, rtts: int = 1000, repeat: int = 3, libp2p_mib: int = 64,
         runs: dict[str, list[dict]] = {k: [] for k in paths}
         for _ in range(repeat):
             for name, (port, pids, data, dig) in paths.items():
-                cpu0 = proc_cpu(pids)
+                u0, k0 = proc_cpu(pids)
                 r = throughput(port, data, dig)
-                r["cpu_s_per_gib"] = (proc_cpu(pids) - cpu0) / (len(data) / (1 << 30))
+                u1, k1 = proc_cpu(pids)
+                gib = len(data) / (1 << 30)
+                r["cpu_s_per_gib"] = (u1 - u0 + k1 - k0) / gib
+                r["cpu_user_s_per_gib"], r["cpu_sys_s_per_gib"] = (u1 - u0) / gib, (k1 - k0) / gib
                 lat = round_trips(port, rtts)
                 r["rtt_p50_us"], r["rtt_p95_us"] = statistics.median(lat), pct(lat, 0.95)
                 runs[name].append(r)
@@ -342,6 +346,10 @@ def summarize(runs, mib, libp2p_mib, rtts, repeat, load_before, ssh_skipped, ssh
         "ssh_rtt_p95_us": med("ssh", "rtt_p95_us"),
         "tunnel_libp2p_rtt_p50_us": med("tunnel_libp2p", "rtt_p50_us"),
         "tunnel_cpu_s_per_gib": med("tunnel", "cpu_s_per_gib", 2),
+        "tunnel_cpu_user_sys_s_per_gib": [
+            med("tunnel", "cpu_user_s_per_gib", 2), med("tunnel", "cpu_sys_s_per_gib", 2)
+        ],
+        "ssh_cpu_user_sys_s_per_gib": [med("ssh", "cpu_user_s_per_gib", 2), med("ssh", "cpu_sys_s_per_gib", 2)],
         "ssh_cpu_s_per_gib": med("ssh", "cpu_s_per_gib", 2),
         "tunnel_libp2p_cpu_s_per_gib": med("tunnel_libp2p", "cpu_s_per_gib", 2),
         "integrity": "sha256 of what the sink received matched, every run",
@@ -358,7 +366,7 @@ def summarize(runs, mib, libp2p_mib, rtts, repeat, load_before, ssh_skipped, ssh
     else:
         out["ratio_vs_ssh"] = None
         out["ssh_skipped"] = ssh_skipped
-    out["runs"] = {k: [{kk: round(vv, 1) for kk, vv in r.items()} for r in v] for k, v in runs.items()}
+    out["runs"] = {k: [{kk: round(vv, 2) for kk, vv in r.items()} for r in v] for k, v in runs.items()}
     out["loadavg_before"] = [round(x, 2) for x in load_before]
     out["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     return out

@@ -136,7 +136,10 @@ async def serve(
         return await pipe(channel, tcp, stats=served.stats)
     finally:
         LIVE.discard(served)
-        if isinstance(channel, datapath.SecureChannel):
+        # The direct connection is always closed here; the libp2p stream is reset unless
+        # both directions ended cleanly (a half-close would leave a client's blocked
+        # write waiting for window forever once the job ended).
+        if isinstance(channel, datapath.SecureChannel) or served.stats.ended_by != "eof":
             with trio.CancelScope(shield=True):
                 await channel.aclose()
 
