@@ -172,7 +172,7 @@ LOG_DIR = Path(tempfile.gettempdir()) / "kaisar-bench-tunnel"
 def _child(args: list[str]) -> tuple[subprocess.Popen, dict]:
     """Start a child role; its log goes to LOG_DIR/<role>-<data path>.log."""
     LOG_DIR.mkdir(exist_ok=True)
-    name = args[0] + ("-" + args[-1] if args[0] == "client" else "")
+    name = "-".join([args[0], *(a for a in args[1:] if a in ("auto", "stream", "chacha20poly1305"))])
     with open(LOG_DIR / f"{name}.log", "w") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "node.bench_tunnel", *args],
@@ -277,7 +277,7 @@ def run(mib: int = 256, rtts: int = 1000, repeat: int = 3, libp2p_mib: int = 64,
     small_digest = hashlib.sha256(small).hexdigest()
     owner = Identity.generate()
     load_before = os.getloadavg()
-    container = provider = direct_client = stream_client = None
+    container = provider = direct_client = stream_client = chacha_client = None
     sshrun: Ssh | None = None
     ssh_skipped = Ssh.available() if ssh else "disabled (--no-ssh)"
     try:
@@ -286,6 +286,7 @@ def run(mib: int = 256, rtts: int = 1000, repeat: int = 3, libp2p_mib: int = 64,
         provider, pinfo = _child(["provider", "--host-port", str(sink_port), "--owner", owner.address])
         common = ["client", "--provider", pinfo["addr"], "--owner-key", owner.hex()]
         direct_client, dinfo = _child([*common, "--data-path", "auto"])
+        chacha_client, cinfo = _child([*common, "--ciphers", "chacha20poly1305", "--data-path", "auto"])
         stream_client, sinfo = _child([*common, "--data-path", "stream"])
         if ssh_skipped is None:
             sshrun = Ssh(sink_port)
@@ -298,6 +299,7 @@ def run(mib: int = 256, rtts: int = 1000, repeat: int = 3, libp2p_mib: int = 64,
         paths: dict[str, tuple[int, list[int], bytes, str]] = {
             "direct": (sink_port, [], payload, digest),
             "tunnel": (dinfo["port"], [provider.pid, direct_client.pid], payload, digest),
+            "tunnel_chacha": (cinfo["port"], [provider.pid, chacha_client.pid], payload, digest),
             "tunnel_libp2p": (sinfo["port"], [provider.pid, stream_client.pid], small, small_digest),
         }
         if sshrun is not None:
@@ -318,7 +320,7 @@ def run(mib: int = 256, rtts: int = 1000, repeat: int = 3, libp2p_mib: int = 64,
     finally:
         if sshrun is not None:
             sshrun.close()
-        for p in (stream_client, direct_client, provider):
+        for p in (stream_client, chacha_client, direct_client, provider):
             stop(p)
         if container is not None:
             container.remove(force=True)
@@ -338,12 +340,14 @@ def summarize(runs, mib, libp2p_mib, rtts, repeat, load_before, ssh_skipped, ssh
         "tunnel_mib_s": med("tunnel", "mib_s"),
         "direct_mib_s": med("direct", "mib_s"),
         "ssh_mib_s": med("ssh", "mib_s"),
+        "tunnel_chacha_mib_s": med("tunnel_chacha", "mib_s"),
         "tunnel_libp2p_mib_s": med("tunnel_libp2p", "mib_s"),
         "tunnel_rtt_p50_us": med("tunnel", "rtt_p50_us"),
         "tunnel_rtt_p95_us": med("tunnel", "rtt_p95_us"),
         "direct_rtt_p50_us": med("direct", "rtt_p50_us"),
         "ssh_rtt_p50_us": med("ssh", "rtt_p50_us"),
         "ssh_rtt_p95_us": med("ssh", "rtt_p95_us"),
+        "tunnel_chacha_rtt_p50_us": med("tunnel_chacha", "rtt_p50_us"),
         "tunnel_libp2p_rtt_p50_us": med("tunnel_libp2p", "rtt_p50_us"),
         "tunnel_cpu_s_per_gib": med("tunnel", "cpu_s_per_gib", 2),
         "tunnel_cpu_user_sys_s_per_gib": [
@@ -351,6 +355,7 @@ def summarize(runs, mib, libp2p_mib, rtts, repeat, load_before, ssh_skipped, ssh
         ],
         "ssh_cpu_user_sys_s_per_gib": [med("ssh", "cpu_user_s_per_gib", 2), med("ssh", "cpu_sys_s_per_gib", 2)],
         "ssh_cpu_s_per_gib": med("ssh", "cpu_s_per_gib", 2),
+        "tunnel_chacha_cpu_s_per_gib": med("tunnel_chacha", "cpu_s_per_gib", 2),
         "tunnel_libp2p_cpu_s_per_gib": med("tunnel_libp2p", "cpu_s_per_gib", 2),
         "integrity": "sha256 of what the sink received matched, every run",
         "tunnel_data_path": paths_seen,
@@ -412,7 +417,7 @@ async def provider_main(host_port: int, owner: str) -> None:
                 await trio.sleep_forever()
 
 
-async def client_main(provider_addr: str, owner_key: str, data_path: str) -> None:
+async def client_main(provider_addr: str, owner_key: str, data_path: str, ciphers: tuple[str, ...]) -> None:
     import trio
     from libp2p.peer.id import ID
 
@@ -429,7 +434,7 @@ async def client_main(provider_addr: str, owner_key: str, data_path: str) -> Non
 
         async def handle(tcp: trio.SocketStream) -> None:
             try:
-                async with open_tunnel(host, peer, owner, _domain(), JOB_ID, data_path=data_path) as t:
+                async with open_tunnel(host, peer, owner, _domain(), JOB_ID, data_path=data_path, ciphers=ciphers) as t:
                     paths.append(t.path)
                     await pipe_local(tcp, t)
             finally:
@@ -441,7 +446,7 @@ async def client_main(provider_addr: str, owner_key: str, data_path: str) -> Non
         port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.serve_listeners, handle, listeners)
-            async with open_tunnel(host, peer, owner, _domain(), JOB_ID, data_path=data_path) as t:
+            async with open_tunnel(host, peer, owner, _domain(), JOB_ID, data_path=data_path, ciphers=ciphers) as t:
                 probe = t.path
             print(json.dumps({"port": port, "paths": [probe]}), flush=True)
             await trio.sleep_forever()
@@ -458,6 +463,7 @@ def child_main(argv: list[str]) -> None:
     cp = sub.add_parser("client")
     cp.add_argument("--provider", required=True)
     cp.add_argument("--owner-key", required=True)
+    cp.add_argument("--ciphers", default="aes256gcm,chacha20poly1305")
     cp.add_argument("--data-path", choices=("auto", "stream"), default="auto")
     a = p.parse_args(argv)
     import logging
@@ -468,7 +474,7 @@ def child_main(argv: list[str]) -> None:
         if a.role == "provider":
             trio.run(provider_main, a.host_port, a.owner)
         else:
-            trio.run(client_main, a.provider, a.owner_key, a.data_path)
+            trio.run(client_main, a.provider, a.owner_key, a.data_path, tuple(a.ciphers.split(",")))
     except KeyboardInterrupt:
         pass
 

@@ -242,17 +242,19 @@ async def open_tunnel(
     *,
     token_frame: dict | None = None,
     data_path: str = "auto",
+    ciphers: tuple[str, ...] = CLIENT_CIPHERS,
 ) -> AsyncIterator[TunnelStream]:
     """Open ``/kaisar/tunnel/1`` to a provider as the job owner (``host`` is a KaisarHost).
 
     ``data_path``: ``"auto"`` asks for the direct data path and falls back to the
-    libp2p stream; ``"stream"`` never asks. Raises TunnelRefused(reason) if the
+    libp2p stream; ``"stream"`` never asks. ``ciphers``: the direct path's AEADs in
+    order of preference (the provider takes the first it supports). Raises TunnelRefused(reason) if the
     provider says no. ``token_frame`` overrides the token (tests of refusals).
     """
     frame = dict(token_frame or tunnel_token(owner, domain, job_id, provider_peer.to_base58()).to_frame())
     client_nonce = os.urandom(datapath.NONCE_SIZE)
     if data_path == "auto":
-        frame[DATA_KEY] = {"nonce": client_nonce, "ciphers": list(CLIENT_CIPHERS)}
+        frame[DATA_KEY] = {"nonce": client_nonce, "ciphers": list(ciphers)}
     async with host.open_stream(provider_peer, PROTOCOL_ID) as framed:
         await framed.send(frame)
         try:
