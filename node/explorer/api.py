@@ -88,7 +88,7 @@ class Params:
         raw = self.q.get(name)
         if raw is None:
             return None
-        if not ADDRESS_RE.match(raw):
+        if not ADDRESS_RE.fullmatch(raw):
             raise BadRequest(f"{name}: expected a 0x-prefixed 20-byte hex address")
         return to_checksum_address(raw)
 
@@ -96,7 +96,7 @@ class Params:
         raw = self.q.get(name)
         if raw is None:
             return None
-        if not regex.match(raw):
+        if not regex.fullmatch(raw):  # not .match: "$" also matches before a final newline
             raise BadRequest(f"{name}: expected {what}")
         return raw
 
@@ -179,11 +179,11 @@ def create_app(store: Store, *, live: Callable[[], dict] | None = None) -> Starl
     def provider(request: Request) -> dict:
         Params(request, set())
         pid = request.path_params["id"]
-        if ADDRESS_RE.match(pid):
+        if ADDRESS_RE.fullmatch(pid):
             rows = store.query(
                 "SELECT * FROM providers WHERE address = ?", (to_checksum_address(pid),)
             )
-        elif PEER_RE.match(pid):
+        elif PEER_RE.fullmatch(pid):
             rows = store.query("SELECT * FROM providers WHERE peer = ?", (pid,))
         else:
             raise BadRequest("id: expected a 0x address or a libp2p peer id")

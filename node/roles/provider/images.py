@@ -32,7 +32,7 @@ class ImageUnavailable(Exception):
 
 def is_valid_image_ref(image: object) -> bool:
     """True if `image` looks like a docker image reference (no spaces, no flags)."""
-    return isinstance(image, str) and bool(_IMAGE_RE.match(image))
+    return isinstance(image, str) and bool(_IMAGE_RE.fullmatch(image))  # "$" alone accepts a final newline
 
 
 def ensure_image(client: docker.DockerClient, image: str, *, allow_pull: bool) -> str:

@@ -142,13 +142,13 @@ def validate_request(
         # A TCP port the container listens on
         (isinstance(port, int) and 1 <= port <= 65535, f"port {port!r}"),
         # GPU UUIDs (GPU-...) or indices only
-        (all(isinstance(g, str) and _GPU_ID_RE.match(g) for g in gpus), f"gpus {list(gpus)!r}"),
+        (all(isinstance(g, str) and _GPU_ID_RE.fullmatch(g) for g in gpus), f"gpus {list(gpus)!r}"),
         # Limits docker accepts
         (limits.memory_bytes >= MIN_MEMORY_BYTES, f"memory {limits.memory_bytes}"),
         (limits.cpus > 0, f"cpus {limits.cpus}"),
         (limits.pids >= 1, f"pids {limits.pids}"),
         # Environment variable names
-        (all(isinstance(k, str) and _ENV_KEY_RE.match(k) for k in env), "env keys"),
+        (all(isinstance(k, str) and _ENV_KEY_RE.fullmatch(k) for k in env), "env keys"),
         (all(isinstance(v, str) and "\0" not in v for v in env.values()), "env values"),
     ]
     for ok, what in checks:
