@@ -102,9 +102,9 @@ async def _echo(stream: trio.SocketStream) -> None:
 # the attacks ------------------------------------------------------------------------
 
 
-async def _raw_stream(attacker: KaisarHost, peer: Any, protocol: str) -> Any | None:
+async def _raw_stream(attacker: KaisarHost, peer: Any, protocol: str, timeout: float = 5.0) -> Any | None:
     try:
-        with trio.fail_after(5):
+        with trio.fail_after(timeout):
             return await attacker.host.new_stream(peer, [TProtocol(protocol)])
     except Exception:  # refused, reset, or timed out: the attack goes on
         return None
@@ -131,31 +131,36 @@ async def attack_oversize(attacker: KaisarHost, peer: Any, protocols: list[str],
 
 
 async def attack_slowloris(attacker: KaisarHost, peer: Any, protocols: list[str], stop: trio.Event, ph: Phase, streams: int) -> None:
+    """``streams`` streams held open, each sending one byte per second (half of them
+    nothing at all); a stream the provider drops is reopened."""
+
     async def drip(proto: str, silent: bool) -> None:
-        s = await _raw_stream(attacker, peer, proto)
-        if s is None:
-            return
-        ph.sent()
-        try:
-            while not stop.is_set():
-                if not silent:
-                    await s.write(b"\x00")
-                with trio.move_on_after(1.0):
-                    await stop.wait()
-        except Exception:  # the provider gave up on us: open another one
-            pass
-        finally:
+        while not stop.is_set():
+            s = await _raw_stream(attacker, peer, proto, timeout=15)
+            if s is None:
+                await trio.sleep(0.5)
+                continue
+            ph.sent()
             try:
-                await s.reset()
-            except Exception:
+                while not stop.is_set():
+                    if not silent:
+                        await s.write(b"\x00")
+                    with trio.move_on_after(1.0):
+                        await stop.wait()
+            except Exception:  # the provider gave up on us: open another one
                 pass
+            finally:
+                try:
+                    await s.reset()
+                except Exception:
+                    pass
 
     async with trio.open_nursery() as nursery:
-        while not stop.is_set():
-            for i in range(streams):
-                nursery.start_soon(drip, protocols[i % len(protocols)], i % 2 == 0)
-            with trio.move_on_after(2.0):
-                await stop.wait()
+        for i in range(streams):
+            nursery.start_soon(drip, protocols[i % len(protocols)], i % 2 == 0)
+            await trio.sleep(0.01)
+        await stop.wait()
+        nursery.cancel_scope.cancel()
 
 
 async def attack_flood(attacker: KaisarHost, stop: trio.Event, ph: Phase) -> None:
