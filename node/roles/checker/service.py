@@ -102,6 +102,8 @@ class CheckerSettings:
             status_timeout=c.status_timeout,
             submit_backoff=c.submit_backoff,
             chain_poll=c.chain_poll,
+            deploy_timeout=c.deploy_timeout,
+            popw_attempts=c.popw_attempts,
             relay=HopSettings(
                 enabled=c.relay,
                 max_reservations=c.relay_max_reservations,
