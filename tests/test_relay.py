@@ -23,6 +23,7 @@ from node.p2p import adapter, dial
 from node.p2p.host import HostOptions, P2PError, open_host
 from node.p2p.relay import (
     HopSettings,
+    RelayClient,
     RelayRefused,
     RelaySettings,
     has_public_address,
@@ -309,3 +310,20 @@ def test_relay_config_keys_reach_the_services():
     ]:
         with pytest.raises(ConfigError, match=key):
             from_dict({section: bad})
+
+
+async def test_reservations_are_refreshed_before_they_expire():
+    """A 2 s reservation held for 5 s: the client refreshes at half its lifetime."""
+    async with hosts(2) as (relay, provider), trio.open_nursery() as n:
+        hop = await n.start(run_hop, relay, HopSettings(reservation_ttl=2))
+        client = RelayClient(
+            provider, RelaySettings(mode="on", relays=(relay.addrs()[0],), check_interval=0.1)
+        )
+        await n.start(client.run)
+        await wait_until(lambda: relay.peer_id in client.held)
+        first = client.held[relay.peer_id].expires
+        await trio.sleep(5)
+        assert relay.peer_id in client.held and client.held[relay.peer_id].expires >= first + 2
+        assert hop.resource_manager.get_reservation(provider.peer_id) is not None
+        assert reservation_count(hop) == 1
+        n.cancel_scope.cancel()
