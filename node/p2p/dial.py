@@ -34,6 +34,8 @@ CIRCUIT = "/p2p-circuit"
 DIRECT_TIMEOUT_BEFORE_RELAY = 5.0  # a direct dial that hangs this long: try the relays
 RELAY_DIAL_TIMEOUT = DIAL_TIMEOUT
 MAX_REMEMBERED = 16  # relay addresses kept per peer
+RELAY_ATTEMPTS = 2  # circuits tried per relay address
+RELAY_RETRY_DELAY = 0.2
 
 
 class _Dialer:
@@ -131,12 +133,19 @@ async def connect(host: KaisarHost, peer: ID, addrs: Sequence[str] = ()) -> ID:
     if not errors:
         errors.append(f"direct: no answer in {timeout:g} s")
     for addr in relayed:
-        try:
-            await _dial_relayed(d, addr)
-            log.info("event=dialed_via_relay peer=%s addr=%s", peer, addr)
-            return peer
-        except P2PError as exc:
-            errors.append(f"relay {addr}: {exc}")
+        for attempt in range(RELAY_ATTEMPTS):
+            try:
+                await _dial_relayed(d, addr)
+                log.info("event=dialed_via_relay peer=%s addr=%s", peer, addr)
+                return peer
+            except P2PError as exc:
+                # seen under heavy CPU load: the circuit is up but the muxer handshake
+                # over it fails ("failed to upgrade mux"); a second circuit then works
+                log.info("event=relay_dial_failed peer=%s attempt=%d err=%s", peer, attempt, exc)
+                if attempt + 1 == RELAY_ATTEMPTS:
+                    errors.append(f"relay {addr}: {exc}")
+                else:
+                    await trio.sleep(RELAY_RETRY_DELAY)
     raise P2PError(f"cannot reach {peer}: " + "; ".join(errors))
 
 
