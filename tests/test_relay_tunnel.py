@@ -27,6 +27,7 @@ from node.p2p.host import HostOptions, P2PError, open_host  # noqa: E402
 from node.p2p.relay import HopSettings, RelaySettings, run_hop  # noqa: E402
 from node.popw.inventory import Inventory  # noqa: E402
 from node.roles.checker.service import Ad, Assigned, CheckerService  # noqa: E402
+from node.roles.provider import client as pclient  # noqa: E402
 from node.roles.provider.images import DEMO_HTTP_IMAGE, DEMO_HTTP_PORT  # noqa: E402
 from node.roles.provider.runtime import Limits  # noqa: E402
 from node.roles.provider.service import ProviderService, ProviderSettings  # noqa: E402
@@ -121,6 +122,12 @@ async def test_nat_provider_deploys_and_serves_http_through_a_relay(world, conta
             n.cancel_scope.cancel()
         assert all(b"200 OK" in a and f"job={job}".encode() in a for a in answers), answers
         assert b"query=q2" in answers[2]
+        # a relayed peer has no address of the provider for the direct data path
+        # (docs/ARCHITECTURE.md, "Tunnel data path"): the bytes stay on the circuit
+        async with pclient.open_tunnel(client.host, peer, world.owner, world.kc.domain, job) as t:
+            assert t.path == "libp2p"
+            await t.write(b"GET / HTTP/1.0\r\n\r\n")
+            assert b"200 OK" in await t.read_all()
         assert dial.is_relayed(client.host, peer)  # never a direct connection
         await world.kc.close_job(world.owner, job)
 

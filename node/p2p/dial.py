@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import multiaddr
 import trio
+from libp2p.connection_types import ConnectionType
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
@@ -103,6 +104,20 @@ def is_relayed(host: KaisarHost, peer: ID) -> bool:
     return all(
         any(CIRCUIT in str(a) for a in (c.get_transport_addresses() or [])) for c in conns
     )
+
+
+def stream_is_relayed(stream: object) -> bool:
+    """True if a libp2p stream runs over a relayed (p2p-circuit) connection.
+
+    Such a stream's ``get_remote_address()`` is the *relay's* socket address, not the
+    peer's: nothing may use it to reach the peer directly."""
+    conn = getattr(stream, "muxed_conn", None)
+    try:
+        if conn.get_connection_type() == ConnectionType.RELAYED:  # type: ignore[union-attr]
+            return True
+        return any(CIRCUIT in str(a) for a in conn.get_transport_addresses() or [])  # type: ignore[union-attr]
+    except Exception:
+        return False
 
 
 async def connect(host: KaisarHost, peer: ID, addrs: Sequence[str] = ()) -> ID:
