@@ -126,14 +126,16 @@ async def serve(
         await framed.send(
             {"ok": True, DATA_KEY: {"port": server.port, "ticket": ticket, "secret": secret, "cipher": cipher}}
         )
-        got = await _await_path(framed, arrivals)
-        server.revoke(ticket)
-        try:  # a direct connection that arrived too late (timeout, or after the fallback)
-            late = arrivals.receive_nowait()
-            with trio.CancelScope(shield=True):
-                await late.aclose()
-        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-            pass
+        try:
+            got = await _await_path(framed, arrivals)
+        finally:
+            server.revoke(ticket)
+            try:  # a direct connection that arrived too late (timeout, or after the fallback)
+                late = arrivals.receive_nowait()
+                with trio.CancelScope(shield=True):
+                    await late.aclose()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                pass
         if got is None:
             log.info("event=tunnel_no_data_path job=%d peer=%s", job_id, client_peer)
             return PipeStats(ended_by="no data path")
@@ -177,6 +179,10 @@ async def _await_path(framed: FramedStream, arrivals: trio.MemoryReceiveChannel)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(direct)
             nursery.start_soon(fallback)
+    for extra in result[1:]:  # both answers in the same scheduler round: keep the first
+        if isinstance(extra, datapath.SecureChannel):
+            with trio.CancelScope(shield=True):
+                await extra.aclose()
     return result[0] if result else None
 
 
