@@ -51,6 +51,12 @@ covered by a test in tests/test_p2p_adapter.py that fails without it.
 11. Log noise. ``kad_dht`` logs a WARNING "Failed to read DHT message from stream" each
    time a remote closes a DHT stream after its query (the normal end of a query), so
    that logger is raised to ERROR.
+12. Dial negative cache. After a dial to a peer fails on every address, the swarm
+   refuses to dial that peer again for 60 s (``_NegativePeerCache``, "recently failed
+   all addresses"). A node that was killed and restarts on the same address within
+   that minute stays cut off from everyone that tried to reach it meanwhile (seen in
+   the restart tests: ~60 s without gossip). The TTL is set to DIAL_NEGATIVE_CACHE_TTL
+   per swarm (``shorten_dial_negative_cache``); our own dial loops back off anyway.
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ PUBSUB_REPAIR_INTERVAL = 1.0
 YAMUX_MAX_FRAME = 1 << 20
 YAMUX_UPSTREAM_POLL = 0.01
 YAMUX_WINDOW_POLL = 0.001
+DIAL_NEGATIVE_CACHE_TTL = 1.0
 
 _applied = False
 
@@ -109,6 +116,13 @@ def apply() -> None:
     _yamux.trio = _YAMUX_TRIO  # type: ignore[attr-defined]
     logging.getLogger("libp2p.kad_dht.kad_dht").setLevel(logging.ERROR)
     _applied = True
+
+
+def shorten_dial_negative_cache(network: object, ttl: float = DIAL_NEGATIVE_CACHE_TTL) -> None:
+    """Item 12: a peer whose dial failed may be dialled again after ``ttl`` s (upstream 60)."""
+    cache = getattr(network, "_negative_peer_cache", None)
+    if cache is not None and hasattr(cache, "_ttl"):
+        cache._ttl = ttl
 
 
 def is_applied() -> bool:
