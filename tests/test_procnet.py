@@ -154,11 +154,19 @@ async def test_cli_provider_process_serves_a_certified_container_and_survives_ki
                 tunnel = connect()  # a new client process, the restarted provider, the same container
                 await get()
             finally:
-                if tunnel.poll() is None:
-                    tunnel.send_signal(signal.SIGINT)
-                    tunnel.wait(timeout=10)
+                stop(tunnel)
         for node in net.nodes:
             assert "Traceback" not in node.log_text(), node.name
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def net_env() -> dict:
