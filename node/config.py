@@ -136,7 +136,8 @@ class ProviderSection:
 
     def check(self) -> None:
         _check(self.price_per_gpu_hour_wei >= 0, "price_per_gpu_hour_wei", ">= 0")
-        _check(self.price_per_gpu_hour_wei < 1 << 256, "price_per_gpu_hour_wei", "< 2**256")
+        # Ads carry the price as a msgpack integer (at most 64 bits)
+        _check(self.price_per_gpu_hour_wei < 1 << 64, "price_per_gpu_hour_wei", "< 2**64")
         _check(0.1 <= self.ad_interval <= 3600, "ad_interval", "0.1..3600 s")
         _check(0 <= self.max_gpus <= 64, "max_gpus", "0..64")
         _check(0 < len(self.gpu_class.encode()) <= 32, "gpu_class", "1..32 bytes")
@@ -235,6 +236,8 @@ def load(path: str | Path) -> Config:
         raise ConfigError(f"config file {path} not found") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
