@@ -82,7 +82,8 @@ class Track:
     close_early: bool
     hold: float
     served: dict[int, tuple[str, float]] = field(default_factory=dict)  # round -> (provider, t)
-    reassign_seen: dict[int, float] = field(default_factory=dict)  # new round -> t seen
+    failures: int = 0  # certified failures (Escrow.fail) seen so far
+    failed_at: list[tuple[float, str, int]] = field(default_factory=list)  # (t, provider, next round)
     reassign_s: list[float] = field(default_factory=list)
     final: str = ""
     outcome: str = ""
@@ -131,7 +132,6 @@ class Soak:
                     break
                 if self.s.in_order:
                     kind = self.s.faults[n % len(self.s.faults)]
-                    n += 1
                 else:
                     kind = self.rng.choice(self.s.faults)
                 role = kind.split("_")[0]
@@ -146,7 +146,8 @@ class Soak:
                 limit = 1 if role in ("checker", "explorer") else max(1, len(nodes) // 2)
                 if len(busy) >= limit:
                     continue
-                node = self.rng.choice([n for n in nodes if n.name not in self.faulted])
+                node = self.rng.choice([x for x in nodes if x.name not in self.faulted])
+                n += 1
                 long = self.s.status_timeout + self.rng.uniform(2.0, 6.0)
                 down = {"kill": self.rng.uniform(1.0, 5.0), "pause": long, "cut": long,
                         "restart": 0.0}[kind.split("_")[1]]  # fmt: skip
@@ -247,7 +248,7 @@ class Soak:
         from node.client.errors import ClientError
 
         deadline = t.bought + t.duration + self.s.drain_s
-        last_round = 0
+        last_provider = ""
         try:
             while time.time() < deadline:
                 try:
@@ -257,9 +258,11 @@ class Soak:
                     await trio.sleep(1.0)
                     continue
                 now = time.time()
-                if job.round > last_round:
-                    t.reassign_seen.setdefault(job.round, now)
-                    last_round = job.round
+                if job.failures > t.failures:  # a certified failure reopened the job
+                    t.failures = job.failures
+                    t.failed_at.append((now, last_provider, job.round))
+                if job.state == JOB_ASSIGNED:
+                    last_provider = job.provider
                 if job.state == JOB_OPEN:
                     if now - job.opened_at > self.s.assign_timeout + 2:
                         await self._try(client.chain.expire_job(self.net.user, t.job_id), t)
@@ -312,22 +315,23 @@ class Soak:
                     if b" 200 " in answer.split(b"\r\n")[0] and f"job={t.job_id}".encode() in answer:
                         now = time.time()
                         t.served[job.round] = (dep.provider, now)
-                        if job.round > 0:
-                            self._note_reassign(t, job.round, now)
+                        self._note_reassign(t, job.round, now)
                 nursery.cancel_scope.cancel()
         except Exception as exc:  # the provider went away mid-request: try again later
             t.note = f"tunnel: {exc}"[:200]
 
     def _note_reassign(self, t: Track, round_: int, served_at: float) -> None:
-        seen = t.reassign_seen.get(round_, served_at)
-        earlier = [r for r in t.served if r < round_]
+        """Served again after a certified failure: time from the failed provider's fault
+        (or, without a recorded fault, from seeing the failure) to being served."""
+        pending = [f for f in t.failed_at if f[2] <= round_]
+        if not pending or len(t.reassign_s) >= len(pending):
+            return
+        seen, provider, _ = pending[len(t.reassign_s)]
         since = seen
-        if earlier:
-            prev_provider = t.served[max(earlier)][0]
-            node = self._provider_by_address(prev_provider)
-            start = self.fault_start_before(node.name, seen) if node else None
-            if start is not None and start >= t.served[max(earlier)][1]:
-                since = start
+        node = self._provider_by_address(provider) if provider else None
+        start = self.fault_start_before(node.name, seen) if node else None
+        if start is not None and seen - start < 120:
+            since = start
         t.reassign_s.append(served_at - since)
 
     # results --------------------------------------------------------------------------------
@@ -336,10 +340,11 @@ class Soak:
         if t.final in ("failed", "expired"):
             return "refunded"
         if t.final in ("closed", "done") and t.served:
-            last = max(t.served)
             if t.final == "done" and paid.get(t.job_id, 0) == 0:
                 return "lost"  # ran its course but nobody was paid
-            return "reassigned" if last > 0 else "served"
+            if t.failed_at:  # served again after the (last) certified failure?
+                return "reassigned" if max(t.served) >= t.failed_at[-1][2] else "lost"
+            return "served"
         return "lost"
 
     async def escrow_mismatch(self) -> tuple[int, dict[int, int]]:
