@@ -481,7 +481,11 @@ async def _wait_standing(net: Any, count: int, timeout: float = 180.0) -> None:
     with trio.move_on_after(timeout):
         while True:
             text = "".join(c.log_text() for c in net.checkers)
-            passed = [p for p in net.providers if f"provider={p.address} verdict=1" in text]
+            passed = [
+                p for p in net.providers
+                if any("event=popw_qc " in line and f"provider={p.address} verdict=1" in line
+                       for line in text.splitlines())
+            ]  # fmt: skip
             if len(passed) >= count:
                 return
             await trio.sleep(0.5)
