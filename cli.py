@@ -33,6 +33,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "node.devnet_commands": ("devnet",),
     "node.soak": ("soak",),
     "node.bench_deploy_commands": (),
+    "node.bench_tunnel_commands": (),
 }
 
 
