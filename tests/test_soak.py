@@ -7,6 +7,7 @@ The long soak is `kaisar soak --minutes 30` (docs/SOAK.md)."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from test_procnet import anvil_or_skip
@@ -18,6 +19,12 @@ pytestmark = [pytest.mark.docker, pytest.mark.anvil, pytest.mark.slow]
 
 async def test_short_soak_loses_nothing(docker_engine, tmp_path):
     anvil_or_skip()
+    load = os.getloadavg()[0]
+    if load > 4 * (os.cpu_count() or 1):
+        # Measured: at load average 25-42 on 2 cores a node process takes 20-35 s to
+        # start and PoPW provers run 20x slower than rated, so the short soak's deadlines
+        # cannot be met (docs/SOAK.md). A timing failure there would say nothing.
+        pytest.skip(f"machine overloaded (load average {load:.0f}): the soak's timings do not hold")
     settings = SoakSettings(
         minutes=0.6, seed=7, checkers=4, providers=2, max_live=2, buy_every=(2.0, 4.0),
         job_seconds=(60, 60), close_fraction=1.0, hold_s=(2.0, 4.0), fault_every=(5.0, 7.0),
