@@ -130,7 +130,7 @@ async def test_cli_provider_process_serves_a_certified_container_and_survives_ki
                                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
             async def get() -> bytes:
-                answer = await trio.to_thread.run_sync(http_get, port, f"/cgi-bin/echo?job={job}")
+                answer = await trio.to_thread.run_sync(http_get, port, f"/cgi-bin/echo?job={job}", 120)
                 assert b" 200 " in answer.split(b"\r\n")[0], answer[:200]
                 assert f"job={job}".encode() in answer
                 return answer
