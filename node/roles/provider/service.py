@@ -35,16 +35,18 @@ from node.chain.api import JOB_ASSIGNED, JOB_OPEN, KaisarChain
 from node.consensus.checkers import CheckerSetError, make_checker_set
 from node.consensus.votes import assign_digest
 from node.eip712 import Domain
+from node.p2p.datapath import DataPathServer, listen_host
 from node.p2p.frames import FramedStream, FrameError
 from node.p2p.host import KaisarHost
 from node.popw.inventory import Inventory, read_inventory
 from node.roles.provider import deploy as deploy_rules
 from node.roles.provider import messages as msg
+from node.roles.provider import tunnel
 from node.roles.provider.deploy import DeployRefused, decode_deploy
 from node.roles.provider.messages import AccessDenied
 from node.roles.provider.runtime import ContainerError, ContainerRuntime, Limits
 from node.roles.provider.state import JobRecord, ProviderState
-from node.roles.provider.tunnel import TOKEN_MAX_BYTES, TOKEN_TIMEOUT, pipe
+from node.roles.provider.tunnel import TOKEN_MAX_BYTES, TOKEN_TIMEOUT
 
 log = logging.getLogger("kaisar.provider")
 
@@ -80,7 +82,13 @@ class ProviderSettings:
             status_interval=p.status_interval,
             chain_poll_interval=p.chain_poll_interval,
             max_tunnels_per_job=p.max_tunnels_per_job,
-            limits=Limits(memory_bytes=p.memory_mb * 1024 * 1024, cpus=p.cpus, pids=p.pids),
+            limits=Limits(
+                memory_bytes=p.memory_mb * 1024 * 1024,
+                cpus=p.cpus,
+                pids=p.pids,
+                read_only=p.read_only_rootfs,
+                tmpfs_bytes=p.tmpfs_mb * 1024 * 1024,
+            ),
             log_retention=p.log_retention,
         )
 
@@ -132,6 +140,7 @@ class ProviderService:
         self._job_locks: dict[int, trio.Lock] = defaultdict(trio.Lock)
         self._tunnels: dict[int, int] = defaultdict(int)
         self._tunnel_scopes: dict[int, set[trio.CancelScope]] = defaultdict(set)
+        self.data_path = DataPathServer(host=listen_host(host.options.listen))
         self._ended_at: dict[int, float] = {}
         self._changed = trio.Event()
         self._last_chain_poll = 0.0
@@ -196,6 +205,7 @@ class ProviderService:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._ad_loop)
                 nursery.start_soon(self._monitor_loop)
+                nursery.start_soon(self.data_path.run)
                 task_status.started(self)
         finally:
             self.state.close()
@@ -503,6 +513,7 @@ class ProviderService:
     async def _on_tunnel(self, framed: FramedStream, peer: ID) -> None:
         obj = await framed.recv(max_size=TOKEN_MAX_BYTES, timeout=TOKEN_TIMEOUT)
         try:
+            offer = tunnel.take_offer(obj)  # the direct data path (node/p2p/datapath.py)
             token = msg.decode_token(obj, msg.ACTION_TUNNEL)
             rec = self.authorize(token, need_running=True)
             if self._tunnels[rec.job_id] >= self.settings.max_tunnels_per_job:
@@ -520,11 +531,16 @@ class ProviderService:
         scope = trio.CancelScope()
         self._tunnel_scopes[job_id].add(scope)
         try:
-            await framed.send({"ok": True})
             log.info("event=tunnel_open job=%d peer=%s", job_id, peer)
             with scope:
-                sent, received = await pipe(framed, tcp)
-                log.info("event=tunnel_closed job=%d in=%d out=%d", job_id, sent, received)
+                st = await tunnel.serve(
+                    framed, tcp, offer, job_id=job_id, client_peer=peer,
+                    provider_peer=self.host.peer_id, server=self.data_path,
+                )  # fmt: skip
+                log.info(
+                    "event=tunnel_closed job=%d in=%d out=%d end=%s",
+                    job_id, st.a_to_b, st.b_to_a, st.ended_by,
+                )  # fmt: skip
         finally:
             self._tunnels[job_id] -= 1
             metrics.TUNNELS.labels(metrics.label(self.address)).dec()
