@@ -239,6 +239,10 @@ class TunnelRefused(Exception):
 
 
 def _remote_host(framed: FramedStream) -> str | None:
+    from node.p2p.dial import stream_is_relayed
+
+    if stream_is_relayed(framed.stream):  # its remote address is the relay's, not the provider's
+        return None
     get = getattr(framed.stream, "get_remote_address", None)
     try:
         addr = get() if get else None
