@@ -84,7 +84,7 @@ async def _assigned_to(assignments, provider: str):
 
 @pytest.mark.parametrize("upstream_ttl", [False, True])
 async def test_a_peer_back_on_its_address_is_dialled_again_at_once(upstream_ttl):
-    """adapter.py item 12: py-libp2p refuses to re-dial a peer for 60 s after a failed
+    """adapter.py item 16: py-libp2p refuses to re-dial a peer for 60 s after a failed
     dial; a node restarted within that minute stayed unreachable. Ours: 1 s."""
     from node.eip712 import Domain
     from node.identity import Identity

@@ -111,6 +111,25 @@ async def test_tunnels_integrity_concurrency_backpressure_and_job_end(world, con
         await trio.sleep(0.3)
         assert not tunnel.LIVE  # every provider pipe ended with its tunnel
 
+        # The direct path cannot be reached (a port nobody listens on, as behind a
+        # firewall): the tunnel falls back to the libp2p stream, and later tunnels to
+        # that provider skip the direct attempt for a while.
+        real, closed = svc.data_path, datapath.DataPathServer()
+        closed.port = real.port + 1 if real.port < 65535 else real.port - 1
+        svc.data_path = closed
+        try:
+            async with open_("direct") as t:  # asks for direct ...
+                assert t.path == "libp2p"  # ... gets the stream
+                await t.write(b"still works")
+                await t.send_eof()
+                assert await t.read_all() == b"still works"
+            assert str(phost.peer_id) in tunnel._direct_failed
+            async with open_("direct") as t:
+                assert t.path == "libp2p"
+        finally:
+            svc.data_path = real
+            tunnel._direct_failed.clear()
+
         # Back-pressure: the client writes and never reads. The echo stops reading once
         # its output is not read, so the provider must stop reading the client instead
         # of buffering: bounded by a record each way plus the read buffer (direct), or

@@ -38,6 +38,7 @@ from node.eip712 import Domain
 from node.p2p.datapath import DataPathServer, listen_host
 from node.p2p.frames import FramedStream, FrameError
 from node.p2p.host import KaisarHost
+from node.p2p.relay import RelayClient, RelaySettings
 from node.popw.inventory import Inventory, read_inventory
 from node.roles.provider import deploy as deploy_rules
 from node.roles.provider import messages as msg
@@ -71,6 +72,7 @@ class ProviderSettings:
     max_tunnels_per_job: int = 8
     limits: Limits = field(default_factory=Limits)
     log_retention: float = 600.0  # keep a stopped container this long for its logs
+    relay: RelaySettings = field(default_factory=RelaySettings)  # reservations (off here)
 
     @classmethod
     def from_config(cls, p: Any) -> ProviderSettings:
@@ -90,6 +92,7 @@ class ProviderSettings:
                 tmpfs_bytes=p.tmpfs_mb * 1024 * 1024,
             ),
             log_retention=p.log_retention,
+            relay=RelaySettings(mode=p.relay, relays=tuple(p.relays), count=p.relay_count),
         )
 
 
@@ -145,6 +148,9 @@ class ProviderService:
         self._changed = trio.Event()
         self._last_chain_poll = 0.0
         self.ads_sent = 0
+        self.relay: RelayClient | None = None
+        if settings.relay.mode != "off":  # NAT: reachable through checkers' relays
+            self.relay = RelayClient(host, settings.relay, on_change=self.changed)
 
     # properties -----------------------------------------------------------------
 
@@ -203,6 +209,8 @@ class ProviderService:
         )
         try:
             async with trio.open_nursery() as nursery:
+                if self.relay is not None:
+                    await nursery.start(self.relay.run)
                 nursery.start_soon(self._ad_loop)
                 nursery.start_soon(self._monitor_loop)
                 nursery.start_soon(self.data_path.run)
@@ -253,7 +261,7 @@ class ProviderService:
         assert self.inventory is not None
         return {
             "peer": self.peer,
-            "addrs": self.host.addrs()[: msg.MAX_ADDRS],
+            "addrs": self.ad_addrs(),
             "gpu_class": self.settings.gpu_class,
             "price_per_gpu_hour_wei": self.settings.price_per_gpu_hour_wei,
             "gpus_total": len(self.slots),
@@ -261,6 +269,11 @@ class ProviderService:
             "accepting": self.accepting,
             "inventory": inventory_summary(self.inventory),
         }
+
+    def ad_addrs(self) -> list[str]:
+        """Direct addresses, then the relay addresses of the reservations held now."""
+        relayed = self.relay.circuit_addrs()[: msg.MAX_ADDRS // 2] if self.relay else []
+        return self.host.addrs()[: msg.MAX_ADDRS - len(relayed)] + relayed
 
     async def publish_ad(self) -> None:
         ttl_ms = int(min(max(self.settings.ad_interval * 3, 5.0), 3600.0) * 1000)

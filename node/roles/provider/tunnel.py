@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ TOKEN_MAX_BYTES = 640
 TOKEN_TIMEOUT = 10.0
 DATA_KEY = "data"
 CLIENT_CIPHERS = ("aes256gcm", "chacha20poly1305")
+DIRECT_RETRY_S = 600.0  # after a failed direct connection, use libp2p to that peer this long
+_direct_failed: dict[str, float] = {}  # provider peer id -> time.monotonic() of the failure
 
 
 @dataclass(frozen=True)
@@ -123,8 +126,16 @@ async def serve(
         await framed.send(
             {"ok": True, DATA_KEY: {"port": server.port, "ticket": ticket, "secret": secret, "cipher": cipher}}
         )
-        got = await _await_path(framed, arrivals)
-        server.revoke(ticket)
+        try:
+            got = await _await_path(framed, arrivals)
+        finally:
+            server.revoke(ticket)
+            try:  # a direct connection that arrived too late (timeout, or after the fallback)
+                late = arrivals.receive_nowait()
+                with trio.CancelScope(shield=True):
+                    await late.aclose()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                pass
         if got is None:
             log.info("event=tunnel_no_data_path job=%d peer=%s", job_id, client_peer)
             return PipeStats(ended_by="no data path")
@@ -168,6 +179,10 @@ async def _await_path(framed: FramedStream, arrivals: trio.MemoryReceiveChannel)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(direct)
             nursery.start_soon(fallback)
+    for extra in result[1:]:  # both answers in the same scheduler round: keep the first
+        if isinstance(extra, datapath.SecureChannel):
+            with trio.CancelScope(shield=True):
+                await extra.aclose()
     return result[0] if result else None
 
 
@@ -224,6 +239,10 @@ class TunnelRefused(Exception):
 
 
 def _remote_host(framed: FramedStream) -> str | None:
+    from node.p2p.dial import stream_is_relayed
+
+    if stream_is_relayed(framed.stream):  # its remote address is the relay's, not the provider's
+        return None
     get = getattr(framed.stream, "get_remote_address", None)
     try:
         addr = get() if get else None
@@ -253,6 +272,9 @@ async def open_tunnel(
     """
     frame = dict(token_frame or tunnel_token(owner, domain, job_id, provider_peer.to_base58()).to_frame())
     client_nonce = os.urandom(datapath.NONCE_SIZE)
+    failed_at = _direct_failed.get(str(provider_peer))
+    if failed_at is not None and time.monotonic() - failed_at < DIRECT_RETRY_S:
+        data_path = "stream"  # do not make every connection wait for the same timeout
     if data_path == "auto":
         frame[DATA_KEY] = {"nonce": client_nonce, "ciphers": list(ciphers)}
     async with host.open_stream(provider_peer, PROTOCOL_ID) as framed:
@@ -299,5 +321,6 @@ async def _choose_path(
             return TunnelStream(framed, channel, "direct")
         except (datapath.DataPathError, ChannelBroken) as exc:
             log.info("event=tunnel_data_path_fallback job=%d err=%s", job_id, exc)
+            _direct_failed[str(provider_peer)] = time.monotonic()
             await framed.send({"use": "stream"})
     return TunnelStream(framed, Libp2pChannel(framed.stream, framed.take_buffered()), "libp2p")
