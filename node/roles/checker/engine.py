@@ -43,7 +43,9 @@ makes up for it.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -64,7 +66,7 @@ from node.consensus.machine import (
     Slash,
     StartTimer,
 )
-from node.consensus.qc import AssignQC, Proposal
+from node.consensus.qc import AssignQC, Proposal, SignedAssignVote
 from node.consensus.scheduler import JobSpec, ProviderInfo
 from node.consensus.store import VoteConflict, VoteStore
 from node.eip712 import Domain
@@ -85,6 +87,23 @@ MAX_DIRECT_FRAME = 64 * 1024
 UNREACHABLE_SECONDS = 30.0  # after a failed dial, use gossip for that checker this long
 
 View = Callable[[JobSpec], tuple[Sequence[ProviderInfo], int]]
+
+# Test-only fault injection, off unless the variable names a marker file: the process
+# exits right after its first own precommit (the on-chain AssignVote) was signed (and
+# persisted by the machine) and before it is sent to the leader, writing the vote to the
+# marker (tests/test_restart_checker.py). A leader's own precommit is never sent, so the
+# hook fires in a round the checker does not lead.
+CRASH_AFTER_SIGN_ENV = "KAISAR_TEST_CRASH_AFTER_SIGN"
+
+
+def _crash_after_sign(vote: SignedAssignVote) -> None:
+    marker = os.environ.get(CRASH_AFTER_SIGN_ENV)
+    if not marker or os.path.exists(marker):
+        return
+    with open(marker, "w") as f:
+        f.write(json.dumps({"job": vote.job_id, "round": vote.round, "provider": vote.provider,
+                            "signature": vote.signature.hex()}))  # fmt: skip
+    os._exit(86)
 
 
 def store_path(data_dir: Path, attempt: int) -> Path:
@@ -288,6 +307,8 @@ class AssignmentEngine:
                 else:
                     self._send_to_checkers(msg)
             elif isinstance(out, Send):
+                if isinstance(out.message, SignedAssignVote):
+                    _crash_after_sign(out.message)  # test-only hook, off unless set
                 self._send(out.to, out.message)
             elif isinstance(out, StartTimer):
                 self._spawn(self._timer, out.job_id, attempt, out.round, out.seconds, out.propose)
