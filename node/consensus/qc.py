@@ -71,7 +71,8 @@ def recover_signer(digest: bytes, signature: bytes) -> str | None:
 class SignedAssignVote:
     """``signer`` says: job ``job_id`` in round ``round`` goes to ``provider``.
 
-    The round leader's own vote is its proposal; there is no separate proposal message.
+    The on-chain vote: a checker's precommit, signed only on a PrepareQC for the same
+    (job, round, provider) (``assignment.may_precommit``).
     """
 
     job_id: int

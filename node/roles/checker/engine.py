@@ -140,6 +140,7 @@ class AssignmentEngine:
         self.decisions: dict[int, AssignQC] = {}
         self._buffer: OrderedDict[int, list[Message]] = OrderedDict()
         self._peers: dict[str, Any] = {}  # checker address -> peer ID (learned)
+        self._scanned: set[Any] = set()  # connected peers already mapped to an address
         self._outboxes: dict[Any, trio.MemorySendChannel] = {}
         self._unreachable: dict[Any, float] = {}  # peer -> trio time of the next try
         self._direct_replay = wire.ReplayGuard()
@@ -337,6 +338,9 @@ class AssignmentEngine:
         peer = self._peers.get(address)
         if peer is None and hasattr(self.host, "connected_peers"):
             for p in self.host.connected_peers():
+                if p in self._scanned:
+                    continue
+                self._scanned.add(p)
                 try:
                     self._peers.setdefault(peer_id_to_address(p), p)
                 except Exception:  # a peer ID without an inlined secp256k1 key
