@@ -54,6 +54,11 @@ class P2PSection:
     gossip_heartbeat: float = 1.0  # GossipSub mesh maintenance period, seconds
     max_message_size: int = 64 * 1024
     dht: bool = True
+    # Inbound stream gate (node/p2p/limits.py), applied to every stream protocol
+    stream_rate: float = 50.0  # new streams per second per (peer, protocol)
+    stream_burst: int = 100  # streams a quiet peer may open at once per protocol
+    max_streams_per_peer: int = 64  # open inbound streams per peer (all protocols)
+    max_inbound_streams: int = 1024  # open inbound streams, all peers together
 
     def check(self) -> None:
         from multiaddr import Multiaddr
@@ -75,6 +80,14 @@ class P2PSection:
         )
         _check(0.05 <= self.gossip_heartbeat <= 120, "gossip_heartbeat", "0.05..120 s")
         _check(1024 <= self.max_message_size <= 1 << 20, "max_message_size", "1 KiB..1 MiB")
+        _check(0.01 <= self.stream_rate <= 100_000, "stream_rate", "0.01..100000 streams/s")
+        _check(1 <= self.stream_burst <= 100_000, "stream_burst", "1..100000")
+        _check(1 <= self.max_streams_per_peer <= 100_000, "max_streams_per_peer", "1..100000")
+        _check(
+            self.max_streams_per_peer <= self.max_inbound_streams <= 1_000_000,
+            "max_inbound_streams",
+            "max_streams_per_peer..1000000",
+        )
 
 
 @dataclass(frozen=True)
@@ -115,13 +128,16 @@ class ProviderSection:
     memory_mb: int = 1024  # per job container
     cpus: float = 1.0
     pids: int = 512
+    read_only_rootfs: bool = False  # job containers get a read-only root; /tmp is a tmpfs
+    tmpfs_mb: int = 64  # size of that /tmp tmpfs
     log_retention: float = 600.0  # keep a stopped container this long for its logs
     docker_host: str = ""  # "" = $DOCKER_HOST or the default socket
     allow_pull: bool = True
 
     def check(self) -> None:
         _check(self.price_per_gpu_hour_wei >= 0, "price_per_gpu_hour_wei", ">= 0")
-        _check(self.price_per_gpu_hour_wei < 1 << 256, "price_per_gpu_hour_wei", "< 2**256")
+        # Ads carry the price as a msgpack integer (at most 64 bits)
+        _check(self.price_per_gpu_hour_wei < 1 << 64, "price_per_gpu_hour_wei", "< 2**64")
         _check(0.1 <= self.ad_interval <= 3600, "ad_interval", "0.1..3600 s")
         _check(0 <= self.max_gpus <= 64, "max_gpus", "0..64")
         _check(0 < len(self.gpu_class.encode()) <= 32, "gpu_class", "1..32 bytes")
@@ -131,6 +147,7 @@ class ProviderSection:
         _check(8 <= self.memory_mb <= 1 << 22, "memory_mb", "8..4194304")
         _check(0 < self.cpus <= 1024, "cpus", "0 < cpus <= 1024")
         _check(1 <= self.pids <= 1 << 22, "pids", "1..4194304")
+        _check(1 <= self.tmpfs_mb <= 1 << 20, "tmpfs_mb", "1..1048576")
         _check(0 <= self.log_retention <= 7 * 86400, "log_retention", "0..604800 s")
         _check(
             self.docker_host == "" or "://" in self.docker_host,
@@ -147,6 +164,13 @@ class CheckerSection:
     status_timeout: float = 30.0  # an assigned provider silent this long has failed
     submit_backoff: float = 2.0  # seconds between checkers taking turns to submit a QC
     chain_poll: float = 1.0  # seconds between chain event polls
+    deploy_timeout: float = 60.0  # seconds a deploy command may take (image start included)
+    popw_attempts: int = 6  # tries per epoch and provider while it answers busy
+    # PoPW challenge sizing: 0 = configs/gpu_classes.toml ([popw] target_seconds /
+    # network_allowance_seconds). A devnet on one machine sets smaller challenges and a
+    # wider allowance; every checker of a network should use the same values.
+    popw_target_seconds: float = 0.0
+    popw_allowance_seconds: float = 0.0
 
     def check(self) -> None:
         _check(1 <= self.epoch_seconds <= 86400, "epoch_seconds", "1..86400 s")
@@ -155,6 +179,18 @@ class CheckerSection:
         _check(1 <= self.status_timeout <= 3600, "status_timeout", "1..3600 s")
         _check(0 <= self.submit_backoff <= 600, "submit_backoff", "0..600 s")
         _check(0.05 <= self.chain_poll <= 60, "chain_poll", "0.05..60 s")
+        _check(1 <= self.deploy_timeout <= 3600, "deploy_timeout", "1..3600 s")
+        _check(1 <= self.popw_attempts <= 1000, "popw_attempts", "1..1000")
+        _check(
+            self.popw_target_seconds == 0 or 0.01 <= self.popw_target_seconds <= 600,
+            "popw_target_seconds",
+            "0 (class table) or 0.01..600 s",
+        )
+        _check(
+            self.popw_allowance_seconds == 0 or 0.01 <= self.popw_allowance_seconds <= 600,
+            "popw_allowance_seconds",
+            "0 (class table) or 0.01..600 s",
+        )
 
 
 @dataclass(frozen=True)
@@ -200,6 +236,8 @@ def load(path: str | Path) -> Config:
         raise ConfigError(f"config file {path} not found") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

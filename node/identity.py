@@ -204,6 +204,8 @@ def load_keystore(path: Path, password: str) -> Identity:
         raise IdentityError(f"key file {path} not found") from None
     except OSError as exc:
         raise IdentityError(f"cannot read key file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise IdentityError(f"{path} is not a keystore v3 JSON file") from None
     try:
         blob = json.loads(raw)
         if not isinstance(blob, dict) or "crypto" not in {k.lower() for k in blob}:

@@ -28,6 +28,12 @@ STREAM_ERRORS = Counter(
     ["node", "protocol", "reason"],
     registry=REGISTRY,
 )
+STREAMS_LIMITED = Counter(
+    "kaisar_streams_limited_total",
+    "Inbound streams reset unread by the per-peer gate (node/p2p/limits.py)",
+    ["node", "protocol", "reason"],
+    registry=REGISTRY,
+)
 PEERS = Gauge("kaisar_peers", "Connected peers", ["node"], registry=REGISTRY)
 POPW_VERDICTS = Counter(
     "kaisar_popw_verdicts_total",

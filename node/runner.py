@@ -24,6 +24,7 @@ from node.eip712 import Domain
 from node.identity import Identity
 from node.p2p import adapter
 from node.p2p.host import HostOptions, KaisarHost, P2PError, open_host
+from node.p2p.limits import StreamLimits
 
 log = logging.getLogger("kaisar.node")
 
@@ -56,6 +57,12 @@ def host_options(config: Config) -> HostOptions:
         ),
         dht=p.dht,
         max_message_size=p.max_message_size,
+        stream_limits=StreamLimits(
+            rate=p.stream_rate,
+            burst=p.stream_burst,
+            per_peer=p.max_streams_per_peer,
+            total=p.max_inbound_streams,
+        ),
     )
 
 

@@ -46,6 +46,7 @@ HEADER_FIELDS: tuple[tuple[str, str], ...] = (
     ("seq", "uint64"),
 )
 MAX_NETWORK_LEN = 64
+MSGPACK_INT_BITS = 64  # the widest integer msgpack encodes
 ROLES = frozenset({"provider", "checker", "client", "explorer"})
 
 
@@ -94,11 +95,13 @@ class Field:
     def validate(self, value: Any) -> None:
         k = self.kind
         if k == "uint":
-            _require(
-                type(value) is int and 0 <= value < 1 << self.bits, f"{self.name}: uint{self.bits}"
-            )
+            # msgpack carries at most 64-bit integers: a wider EIP-712 type (uint256, as the
+            # contracts use) still holds only values a message can carry, else signing a
+            # message would succeed and sending it fail.
+            top = 1 << min(self.bits, MSGPACK_INT_BITS)
+            _require(type(value) is int and 0 <= value < top, f"{self.name}: uint{self.bits} < 2**64")
         elif k == "int":
-            lim = 1 << (self.bits - 1)
+            lim = 1 << (min(self.bits, MSGPACK_INT_BITS) - 1)
             _require(type(value) is int and -lim <= value < lim, f"{self.name}: int{self.bits}")
         elif k == "bool":
             _require(type(value) is bool, f"{self.name}: bool")

@@ -101,6 +101,8 @@ def load_deployment(path: Path) -> Deployment:
         raise UserError(f"deployment file {path} not found (run 'kaisar chain deploy')") from None
     except OSError as exc:
         raise UserError(f"cannot read deployment file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"deployment file {path} is not UTF-8 JSON") from None
     return Deployment.from_json(text, origin=str(path))
 
 

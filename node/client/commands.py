@@ -72,19 +72,22 @@ UNITS = {"wei": 1, "gwei": 10**9, "eth": 10**18}
 
 def parse_wei(text: str) -> int:
     """``123``, ``5gwei``, ``0.001eth`` -> wei."""
-    from decimal import Decimal, InvalidOperation
+    from decimal import Decimal
 
     t = text.strip().lower()
     unit = next((u for u in ("gwei", "wei", "eth") if t.endswith(u)), "wei")
     number = t[: len(t) - len(unit)] if t.endswith(unit) else t
     try:
         value = Decimal(number) * UNITS[unit]
-    except InvalidOperation:
+        # finite (not inf/nan), positive, whole, and below 2**256 before int() (1e999999999
+        # would build a huge integer)
+        whole = value.is_finite() and 0 < value < 1 << 256 and value == value.to_integral_value()
+    except ArithmeticError:  # decimal's InvalidOperation, Overflow, ...
         raise argparse.ArgumentTypeError(
             f"bad amount {text!r}: e.g. 1000000000000000, 5gwei, 0.001eth"
         ) from None
-    if value <= 0 or value != value.to_integral_value():
-        raise argparse.ArgumentTypeError(f"bad amount {text!r}: a positive whole number of wei")
+    if not whole:
+        raise argparse.ArgumentTypeError(f"bad amount {text!r}: a positive whole number of wei < 2**256")
     return int(value)
 
 
@@ -180,7 +183,7 @@ def resolve(args: argparse.Namespace) -> Target:
             dev = json.loads(args.devnet.read_text())
         except OSError as exc:
             raise UserError(f"cannot read --devnet {args.devnet}: {exc.strerror}") from None
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"--devnet {args.devnet} is not JSON: {exc}") from None
         if not isinstance(dev, dict):
             raise UserError(f"--devnet {args.devnet}: expected a JSON object")

@@ -23,7 +23,8 @@ DEFAULT_TIMEOUT = 10.0
 
 
 class FrameError(Exception):
-    """A frame could not be read or decoded: oversized, truncated, timed out or not msgpack."""
+    """A frame could not be sent, read or decoded: oversized, truncated, timed out, reset or
+    not msgpack."""
 
 
 class ByteStream(Protocol):
@@ -66,7 +67,12 @@ class FramedStream:
     async def send(self, obj: Any, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         body = pack(obj)
         with trio.move_on_after(timeout) as scope:
-            await self.stream.write(LEN.pack(len(body)) + body)
+            try:
+                await self.stream.write(LEN.pack(len(body)) + body)
+            except trio.Cancelled:
+                raise
+            except Exception as exc:  # stream reset / closed by the peer (e.g. a limited stream)
+                raise FrameError(f"stream closed: {type(exc).__name__}") from None
         if scope.cancelled_caught:
             raise FrameError("timed out sending a frame")
 

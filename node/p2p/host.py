@@ -10,7 +10,9 @@ publishing peer, so a message cannot be re-published under someone else's peer I
 Rejected messages are counted by reason and never reach a handler; a handler that
 raises is logged and counted, never kills the host.
 
-Streams: ``set_handler(protocol, handler)`` runs ``handler(framed, peer_id)`` and
+Streams: ``set_handler(protocol, handler)`` admits each inbound stream through the
+per-peer gate (``node/p2p/limits.py``: rate per protocol, concurrency per peer and in
+total; a refused stream is reset unread), runs ``handler(framed, peer_id)`` and
 always closes the stream; ``request(...)`` is the one-frame-in, one-frame-out helper.
 """
 
@@ -42,6 +44,7 @@ from node.errors import leaves
 from node.identity import Identity, peer_id_to_address
 from node.p2p import adapter
 from node.p2p.frames import DEFAULT_MAX_FRAME, FramedStream, FrameError
+from node.p2p.limits import StreamGate, StreamLimits
 
 log = logging.getLogger("kaisar.p2p")
 
@@ -76,6 +79,7 @@ class HostOptions:
     gossip: adapter.GossipParams = field(default_factory=adapter.GossipParams)
     dht: bool = True
     max_message_size: int = 64 * 1024
+    stream_limits: StreamLimits = field(default_factory=StreamLimits)
 
 
 class KaisarHost:
@@ -97,6 +101,7 @@ class KaisarHost:
         self.options = options
         self.roles = roles
         self.replay = wire.ReplayGuard()
+        self.gate = StreamGate(options.stream_limits)
         self._label = identity.address[:10]
         noise_key = create_x25519_key_pair()
         self.host = new_host(
@@ -353,8 +358,16 @@ class KaisarHost:
     # streams ------------------------------------------------------------------------
 
     def set_handler(self, protocol: str, handler: StreamHandler) -> None:
+        """Serve ``protocol``: every inbound stream passes the per-peer gate (limits.py) first."""
+
         async def on_stream(stream: Any) -> None:
             peer = stream.muxed_conn.peer_id
+            refused = self.gate.admit(str(peer), protocol)
+            if refused is not None:
+                metrics.STREAMS_LIMITED.labels(self._label, protocol, refused).inc()
+                log.debug("event=stream_limited protocol=%s peer=%s reason=%s", protocol, peer, refused)
+                await _reset(stream)
+                return
             framed = FramedStream(stream)
             try:
                 await handler(framed, peer)
@@ -365,6 +378,7 @@ class KaisarHost:
                 metrics.STREAM_ERRORS.labels(self._label, protocol, "handler").inc()
                 log.exception("event=stream_handler_failed protocol=%s peer=%s", protocol, peer)
             finally:
+                self.gate.release(str(peer))
                 await framed.close()
 
         self.host.set_stream_handler(TProtocol(protocol), on_stream)
@@ -397,6 +411,13 @@ class KaisarHost:
         async with self.open_stream(peer_id, protocol) as framed:
             await framed.send(obj, timeout=timeout)
             return await framed.recv(max_size=max_size, timeout=timeout)
+
+
+async def _reset(stream: Any) -> None:
+    try:
+        await stream.reset()
+    except Exception:  # the peer already went away
+        pass
 
 
 def _msg_key(msg: Any) -> bytes:

@@ -136,7 +136,7 @@ def load_table(path: Path | str | None = None) -> ClassTable:
         raise ClassTableError(f"GPU class table {path} not found") from None
     except OSError as exc:
         raise ClassTableError(f"cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ClassTableError(f"{path}: invalid TOML: {exc}") from None
     try:
         return parse_table(data)

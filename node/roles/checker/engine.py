@@ -35,7 +35,9 @@ next round's votes make up for it.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -68,6 +70,21 @@ MAX_BUFFERED_PER_JOB = 1024
 STORE_FILE = "votes.sqlite"
 
 View = Callable[[JobSpec], tuple[Sequence[ProviderInfo], int]]
+
+# Test-only fault injection, off unless the variable names a marker file: the process
+# exits right after its first own vote was signed (and persisted by the machine) and
+# before it is gossiped, writing the vote to the marker (tests/test_restart_checker.py).
+CRASH_AFTER_SIGN_ENV = "KAISAR_TEST_CRASH_AFTER_SIGN"
+
+
+def _crash_after_sign(vote: SignedAssignVote) -> None:
+    marker = os.environ.get(CRASH_AFTER_SIGN_ENV)
+    if not marker or os.path.exists(marker):
+        return
+    with open(marker, "w") as f:
+        f.write(json.dumps({"job": vote.job_id, "round": vote.round, "provider": vote.provider,
+                            "signature": vote.signature.hex()}))  # fmt: skip
+    os._exit(86)
 
 
 def store_path(data_dir: Path, attempt: int) -> Path:
@@ -272,6 +289,8 @@ class AssignmentEngine:
                 if isinstance(msg, SignedAssignVote):
                     if msg.signer == self.identity.address and job_id not in self.proposed_at:
                         self.proposed_at[job_id] = trio.current_time()
+                    if msg.signer == self.identity.address:
+                        _crash_after_sign(msg)
                     await self._publish("AssignVoteMsg", m.assign_vote_fields(msg))
                 elif not qc_from_gossip:  # gossip already floods a QC we received
                     await self._publish("AssignQCMsg", m.assign_qc_fields(msg))

@@ -30,9 +30,31 @@ async def checker_service(cfg: Config):
 
     chain = await open_chain(cfg)
     settings = CheckerSettings.from_config(cfg.checker)
+    classes = class_table(cfg)
 
     async def run(host: KaisarHost) -> None:
-        service = CheckerService(host, host.identity, chain, cfg.path(cfg.node.data_dir), settings)
+        service = CheckerService(
+            host, host.identity, chain, cfg.path(cfg.node.data_dir), settings, classes=classes
+        )
         await service.run()
 
     return run
+
+
+def class_table(cfg: Config):
+    """configs/gpu_classes.toml, with ``[checker] popw_target_seconds`` /
+    ``popw_allowance_seconds`` applied when set (None: the service loads the default)."""
+    c = cfg.checker
+    if not c.popw or (c.popw_target_seconds == 0 and c.popw_allowance_seconds == 0):
+        return None
+    import dataclasses
+
+    from node.popw.classes import load_table
+
+    table = load_table()
+    policy = table.policy
+    if c.popw_target_seconds:
+        policy = dataclasses.replace(policy, target_seconds=c.popw_target_seconds)
+    if c.popw_allowance_seconds:
+        policy = dataclasses.replace(policy, network_allowance_seconds=c.popw_allowance_seconds)
+    return dataclasses.replace(table, policy=policy)

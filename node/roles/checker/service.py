@@ -99,6 +99,8 @@ class CheckerSettings:
             status_timeout=c.status_timeout,
             submit_backoff=c.submit_backoff,
             chain_poll=c.chain_poll,
+            deploy_timeout=c.deploy_timeout,
+            popw_attempts=c.popw_attempts,
         )
 
 

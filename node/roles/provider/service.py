@@ -80,7 +80,13 @@ class ProviderSettings:
             status_interval=p.status_interval,
             chain_poll_interval=p.chain_poll_interval,
             max_tunnels_per_job=p.max_tunnels_per_job,
-            limits=Limits(memory_bytes=p.memory_mb * 1024 * 1024, cpus=p.cpus, pids=p.pids),
+            limits=Limits(
+                memory_bytes=p.memory_mb * 1024 * 1024,
+                cpus=p.cpus,
+                pids=p.pids,
+                read_only=p.read_only_rootfs,
+                tmpfs_bytes=p.tmpfs_mb * 1024 * 1024,
+            ),
             log_retention=p.log_retention,
         )
 
