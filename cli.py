@@ -32,6 +32,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "node.explorer.commands": ("explorer",),
     "node.devnet_commands": ("devnet", "soak"),
     "node.bench_deploy_commands": (),
+    "node.bench_tunnel_commands": (),
 }
 
 

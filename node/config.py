@@ -133,6 +133,9 @@ class ProviderSection:
     log_retention: float = 600.0  # keep a stopped container this long for its logs
     docker_host: str = ""  # "" = $DOCKER_HOST or the default socket
     allow_pull: bool = True
+    relay: str = "auto"  # circuit relay reservations: off | on | auto (when no public IP)
+    relays: list[str] = field(default_factory=list)  # relay multiaddrs; [] = connected checkers
+    relay_count: int = 2  # reservations to hold
 
     def check(self) -> None:
         _check(self.price_per_gpu_hour_wei >= 0, "price_per_gpu_hour_wei", ">= 0")
@@ -154,6 +157,10 @@ class ProviderSection:
             "docker_host",
             "'' or a URL like unix:///path/docker.sock",
         )
+        _check(self.relay in ("off", "on", "auto"), "relay", "off, on or auto")
+        for addr in self.relays:
+            _check(_is_multiaddr(addr) and "/p2p/" in addr, "relays", f"{addr!r}: a multiaddr with /p2p/<id>")
+        _check(1 <= self.relay_count <= 8, "relay_count", "1..8")
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,12 @@ class CheckerSection:
     # wider allowance; every checker of a network should use the same values.
     popw_target_seconds: float = 0.0
     popw_allowance_seconds: float = 0.0
+    relay: bool = True  # offer circuit relay v2 hops to providers behind NAT
+    relay_max_reservations: int = 64  # providers holding a reservation at once
+    relay_max_circuits: int = 16  # open circuits per reserved provider
+    relay_circuit_duration: int = 3600  # seconds one circuit may live; 0 = unlimited
+    relay_circuit_bytes: int = 1 << 30  # bytes one circuit may carry; 0 = unlimited
+    relay_reservation_ttl: int = 3600  # seconds; providers refresh at half of it
 
     def check(self) -> None:
         _check(1 <= self.epoch_seconds <= 86400, "epoch_seconds", "1..86400 s")
@@ -191,6 +204,11 @@ class CheckerSection:
             "popw_allowance_seconds",
             "0 (class table) or 0.01..600 s",
         )
+        _check(1 <= self.relay_max_reservations <= 100_000, "relay_max_reservations", "1..100000")
+        _check(1 <= self.relay_max_circuits <= 1024, "relay_max_circuits", "1..1024")
+        _check(0 <= self.relay_circuit_duration <= 7 * 86400, "relay_circuit_duration", "0..604800 s")
+        _check(0 <= self.relay_circuit_bytes < 1 << 63, "relay_circuit_bytes", "0..2**63-1")
+        _check(10 <= self.relay_reservation_ttl <= 86400, "relay_reservation_ttl", "10..86400 s")
 
 
 @dataclass(frozen=True)
@@ -306,6 +324,16 @@ def _coerce(key: str, typ: Any, value: Any) -> Any:
             raise ConfigError(f"{key}: expected a string")
         return value
     raise AssertionError(f"unsupported config type {typ}")  # pragma: no cover
+
+
+def _is_multiaddr(addr: str) -> bool:
+    from multiaddr import Multiaddr
+
+    try:
+        Multiaddr(addr)
+    except Exception:
+        return False
+    return True
 
 
 def _resolve(typ: Any) -> type:

@@ -7,6 +7,9 @@
 #                            the marker "kaisar-demo-http"; GET /cgi-bin/echo echoes the
 #                            request (method, uri, query, body) as text/plain
 #   kaisar/demo-echo:latest  TCP echo on $PORT (default 7007): busybox `nc -ll -e cat`
+#   kaisar/bench-sink:latest `kaisar bench tunnel`'s server on $PORT (default 7008):
+#                            scripts/bench-server.c, static (needs gcc and libssl-dev;
+#                            skipped with a message when they are missing)
 #
 # Usage: scripts/build-images.sh [--force]
 # Starts the private engine (scripts/dockerd.sh) when DOCKER_HOST is unset.
@@ -37,7 +40,7 @@ if ! dpkg -s busybox-static >/dev/null 2>&1; then
 fi
 [ -x "$BUSYBOX" ] || die "$BUSYBOX missing after installing busybox-static"
 
-BUILD_ID="$(cat "$0" "$BUSYBOX" | sha256sum | cut -c1-16)"
+BUILD_ID="$(cat "$0" "$BUSYBOX" "$HERE/bench-server.c" | sha256sum | cut -c1-16)"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/kaisar-images.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
@@ -150,6 +153,27 @@ build_demo_echo() {
         'CMD ["sh", "-c", "echo kaisar-demo-echo listening on ${PORT}; exec nc -ll -p ${PORT} -e cat"]'
 }
 
+build_bench_sink() {
+    local tag=kaisar/bench-sink:latest
+    needs_build "$tag" || return 0
+    if ! command -v gcc >/dev/null 2>&1 || ! [ -f /usr/include/openssl/evp.h ]; then
+        say "skipping $tag: needs gcc and libssl-dev (apt-get install gcc libssl-dev)"
+        return 0
+    fi
+    local root="$WORK/bench-sink"
+    make_base_rootfs "$root"
+    gcc -O2 -static -o "$root/bin/kaisar-bench-server" "$HERE/bench-server.c" -lcrypto -lpthread \
+        2>"$WORK/gcc.log" || { cat "$WORK/gcc.log" >&2; die "compiling bench-server.c failed"; }
+    chroot "$root" /bin/kaisar-bench-server --check || die "kaisar-bench-server does not run alone"
+    import_rootfs "$root" "$tag" \
+        'ENV PATH=/bin:/sbin:/usr/bin:/usr/sbin' \
+        'ENV PORT=7008' \
+        'EXPOSE 7008' \
+        'USER 65534:65534' \
+        'CMD ["sh", "-c", "exec kaisar-bench-server ${PORT}"]'
+}
+
 build_busybox
 build_demo_http
 build_demo_echo
+build_bench_sink

@@ -50,6 +50,7 @@ from node.consensus import votes
 from node.consensus.checkers import CheckerSet, make_checker_set
 from node.eip712 import Domain
 from node.identity import Identity, peer_id_to_address
+from node.p2p import dial
 from node.p2p.host import HostOptions, KaisarHost, P2PError, open_host
 from node.roles.provider import client as pclient
 from node.roles.provider import messages as msg
@@ -412,13 +413,10 @@ class Client:
             return None
         offer = self.offers.get(provider)
         if offer is not None and peer not in self.host.connected_peers():
-            for addr in offer.addrs:
-                full = addr if "/p2p/" in addr else f"{addr}/p2p/{peer.to_base58()}"
-                try:
-                    await self.host.connect(full)
-                    break
-                except P2PError as exc:
-                    log.debug("event=provider_dial_failed addr=%s err=%s", full, exc)
+            try:  # direct addresses first, then the relay addresses of the ad
+                await dial.connect(self.host, peer, offer.addrs)
+            except P2PError as exc:
+                log.debug("event=provider_dial_failed peer=%s err=%s", peer, exc)
         return peer
 
     async def _provider_status(self, job: Job) -> tuple[wire.Envelope, list[bytes]] | None:

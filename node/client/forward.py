@@ -4,9 +4,11 @@ Each accepted TCP connection becomes one owner-authorized ``/kaisar/tunnel/1`` s
 to the provider of the job's *current verified* deployment, and bytes are piped both
 ways:
 
-- local EOF half-closes the tunnel (the container still answers; HTTP/1.0 clients and
-  ``nc -N`` rely on this); tunnel EOF (the container or provider closed) closes the
-  local connection;
+- bytes go through ``node.p2p.pipe.pipe``, the same pipe the provider runs: EOF on
+  either side half-closes the other (the container still answers after the local EOF;
+  HTTP/1.0 clients and ``nc -N`` rely on this), an error on either side ends both;
+- the tunnel takes the provider's direct encrypted data path when it can, else the
+  libp2p stream (``node.p2p.datapath``, ``open_tunnel(data_path=...)``);
 - the route is re-read from the chain at most every ``recheck`` seconds, and at once
   when opening a tunnel fails; a new (round, provider) is verified like ``wait`` does
   before any connection goes there. So after a failover (``JobReassigned``, then a new
@@ -29,6 +31,7 @@ from node.chain.api import JOB_ASSIGNED, JOB_OPEN
 from node.client.errors import ClientError, JobEnded
 from node.client.verify import Deployment
 from node.p2p.host import P2PError
+from node.p2p.pipe import pipe
 from node.roles.provider import client as pclient
 
 if TYPE_CHECKING:
@@ -36,52 +39,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kaisar.client.connect")
 
-CHUNK = 64 * 1024
 RECHECK_S = 1.0
 REROUTE_TIMEOUT_S = 120.0
 
 
-async def send_eof(tunnel: pclient.TunnelStream) -> None:
-    """Half-close our direction of the tunnel (yamux FIN); reading continues."""
-    eof = getattr(tunnel, "send_eof", None)
-    if eof is not None:
-        await eof()
-        return
-    # TunnelStream has no send_eof yet: a libp2p yamux stream's close() is a half-close.
-    await tunnel._framed.stream.close()
-
-
 async def pipe_local(tcp: trio.SocketStream, tunnel: pclient.TunnelStream) -> tuple[int, int]:
-    """Copy bytes until the tunnel ends; returns (bytes up, bytes down)."""
-    counts = [0, 0]
-
-    async def up() -> None:
-        while True:
-            try:
-                data = await tcp.receive_some(CHUNK)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            if not data:
-                await send_eof(tunnel)
-                return
-            await tunnel.write(data)
-            counts[0] += len(data)
-
-    async def down() -> None:
-        while data := await tunnel.read(CHUNK):
-            await tcp.send_all(data)
-            counts[1] += len(data)
-        nursery.cancel_scope.cancel()  # the container side is done: end both directions
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(up)
-            nursery.start_soon(down)
-    except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        pass
-    except* Exception as group:  # libp2p write on a reset stream: the provider went away
-        log.debug("event=local_pipe_ended err=%r", group.exceptions[0])
-    return counts[0], counts[1]
+    """Copy bytes with the one pipe both tunnel ends use (``node.p2p.pipe``): EOF on
+    either side half-closes the other, an error ends both. Returns (bytes up, down)."""
+    st = await pipe(tcp, tunnel.channel)
+    return st.a_to_b, st.b_to_a
 
 
 class Forwarder:

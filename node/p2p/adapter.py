@@ -51,11 +51,35 @@ covered by a test in tests/test_p2p_adapter.py that fails without it.
 11. Log noise. ``kad_dht`` logs a WARNING "Failed to read DHT message from stream" each
    time a remote closes a DHT stream after its query (the normal end of a query), so
    that logger is raised to ERROR.
+12. Relay circuits that end. ``CircuitV2Protocol`` (circuit relay v2 hop) books circuits
+   in ``_active_relays`` keyed by *peer id*, and each direction's ``_relay_data`` closes
+   whatever entry its peer id names when it ends. With two clients relayed to one
+   provider, the first client leaving closes the *second* client's circuit (seen: the
+   second client's connection drops within a second), and a source EOF is never passed
+   on to the destination. ``RelayHopProtocol._relay_data`` pipes each circuit on its
+   own: EOF is forwarded as a half-close, an error or limit resets both legs of *this*
+   circuit only.
+13. Unlimited relay data. The hop passes a circuit byte budget only when
+   ``RelayLimits.data > 0``; with ``data = 0`` (the spec's "unlimited") it falls back to
+   per-reservation accounting against a limit of 0 and resets the circuit on the
+   destination's first byte. ``RelayHopProtocol`` treats 0 as unlimited.
+14. Reservation slots of departed peers. ``RelayResourceManager.can_accept_reservation``
+   counts every unexpired reservation, although a reservation is void once its peer
+   disconnects (the same class refuses circuits to such a peer). A provider that
+   restarts or moves keeps its slot for the whole TTL (an hour by default), so a relay
+   at its limit refuses every new provider meanwhile. ``LiveReservations`` forgets the
+   reservations of disconnected peers before counting.
+15. Relay log noise. The hop logs an ERROR ("Error reading from hop stream") each time a
+   peer closes its stream after a RESERVE or after a circuit ends (the normal end of the
+   exchange), and the relay transport a WARNING for every dial to a peer not yet in the
+   peerstore. Both loggers are raised to CRITICAL; ``node.p2p.relay`` logs the relay's
+   events (reservations, refusals, circuits) itself.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import types
 from dataclasses import dataclass
 
@@ -64,6 +88,9 @@ import libp2p.pubsub.pubsub as _pubsub
 import libp2p.stream_muxer.yamux.yamux as _yamux
 import trio
 from libp2p.pubsub.rpc_queue import RpcQueue as _RpcQueue
+from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol as _CircuitV2Protocol
+from libp2p.relay.circuit_v2.resources import RelayResourceManager as _RelayResourceManager
+from libp2p.tools.constants import MAX_READ_LEN as _MAX_READ_LEN
 
 DIAL_DELAY = 0.0
 SUBSCRIPTION_CHANNEL_SIZE = 4096
@@ -73,6 +100,8 @@ PUBSUB_REPAIR_INTERVAL = 1.0
 YAMUX_MAX_FRAME = 1 << 20
 YAMUX_UPSTREAM_POLL = 0.01
 YAMUX_WINDOW_POLL = 0.001
+RELAY_LOG = logging.getLogger("kaisar.relay")
+RELAY_NOISY_LOGGERS = ("libp2p.relay.circuit_v2.protocol", "libp2p.relay.circuit_v2.transport")
 
 _applied = False
 
@@ -108,6 +137,8 @@ def apply() -> None:
     _yamux.MAX_MESSAGE_SIZE = YAMUX_MAX_FRAME
     _yamux.trio = _YAMUX_TRIO  # type: ignore[attr-defined]
     logging.getLogger("libp2p.kad_dht.kad_dht").setLevel(logging.ERROR)
+    for name in RELAY_NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     _applied = True
 
 
@@ -195,3 +226,61 @@ def gossipsub_kwargs(params: GossipParams) -> dict:
         "time_to_live": 30,
         "max_messages_per_topic_per_second": GOSSIP_MAX_MSGS_PER_PEER_TOPIC_SECOND,
     }
+
+
+# circuit relay v2 (items 12-14) -------------------------------------------------------
+
+
+class _CircuitLimit(Exception):
+    def __init__(self, what: str) -> None:
+        super().__init__(f"circuit {what} limit reached")
+
+
+class LiveReservations(_RelayResourceManager):
+    """Item 14: a departed peer's reservation does not hold a slot."""
+
+    def can_accept_reservation(self, peer_id) -> bool:
+        gone = [p for p in self._reservations if p != peer_id and not self._is_peer_connected(p)]
+        for p in gone:
+            del self._reservations[p]
+        return super().can_accept_reservation(peer_id)
+
+
+class RelayHopProtocol(_CircuitV2Protocol):
+    """A circuit relay v2 hop (``allow_hop``) with items 12-14 fixed."""
+
+    def __init__(self, host, limits, **kwargs) -> None:
+        super().__init__(host, limits, allow_hop=True, **kwargs)
+        self.resource_manager = LiveReservations(self.limits, host)
+
+    async def _relay_data(
+        self, src_stream, dst_stream, peer_id, deadline=None, circuit_data_limit=None
+    ) -> None:
+        """Items 12 and 13: one direction of *this* circuit; no byte budget = unlimited."""
+        budget = circuit_data_limit  # one list shared by both directions; None: unlimited
+        try:
+            while True:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise _CircuitLimit("duration")
+                data = await src_stream.read(_MAX_READ_LEN)
+                if not data:  # EOF: pass the half-close on, the other direction continues
+                    await dst_stream.close_write()
+                    await src_stream.close_read()
+                    return
+                if budget is not None:
+                    if len(data) > budget[0]:
+                        raise _CircuitLimit("data")
+                    budget[0] -= len(data)
+                with trio.fail_after(self.write_timeout):
+                    await dst_stream.write(data)
+        except Exception as exc:  # reset, limit, timeout: end this circuit, and only it
+            RELAY_LOG.info("event=relay_circuit_reset peer=%s why=%r", peer_id, exc)
+            for s in (src_stream, dst_stream):
+                try:
+                    await s.reset()
+                except Exception:
+                    pass
+        finally:
+            entry = self._active_relays.get(peer_id)
+            if entry is not None and (src_stream in entry or dst_stream in entry):
+                del self._active_relays[peer_id]

@@ -268,10 +268,9 @@ class KaisarHost:
     async def ensure_connected(self, peer_id: ID) -> None:
         if peer_id in self.host.get_connected_peers():
             return
-        info = await self.find_peer(peer_id)
-        if info is None:
-            raise P2PError(f"no address known for {peer_id}")
-        await self.connect(info)
+        from node.p2p import dial  # direct addresses first, then the peer's relay addresses
+
+        await dial.connect(self, peer_id)
 
     # gossip --------------------------------------------------------------------------
 

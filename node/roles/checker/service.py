@@ -65,7 +65,9 @@ from node.consensus.qc import (
 from node.consensus.scheduler import JobSpec, ProviderInfo
 from node.consensus.store import VoteConflict
 from node.identity import Identity
+from node.p2p import dial
 from node.p2p.host import KaisarHost, P2PError
+from node.p2p.relay import HopSettings, run_hop
 from node.popw.classes import ClassTable, challenge_for, load_table
 from node.popw.verifier import BUSY, FAIL, LATE, PASS
 from node.roles.checker import messages as m
@@ -89,6 +91,7 @@ class CheckerSettings:
     submit_backoff: float = 2.0  # the i-th checker in submitter order waits i times this
     chain_poll: float = 0.5
     deploy_timeout: float = 60.0
+    relay: HopSettings = HopSettings()  # the circuit relay hop offered to providers
 
     @classmethod
     def from_config(cls, c: Any) -> CheckerSettings:
@@ -101,6 +104,14 @@ class CheckerSettings:
             chain_poll=c.chain_poll,
             deploy_timeout=c.deploy_timeout,
             popw_attempts=c.popw_attempts,
+            relay=HopSettings(
+                enabled=c.relay,
+                max_reservations=c.relay_max_reservations,
+                max_circuits=c.relay_max_circuits,
+                circuit_duration=c.relay_circuit_duration,
+                circuit_bytes=c.relay_circuit_bytes,
+                reservation_ttl=c.relay_reservation_ttl,
+            ),
         )
 
 
@@ -185,6 +196,7 @@ class CheckerService:
         self._challenged: set[tuple[int, str]] = set()
         self._status_subscribed = False
         self._nursery: trio.Nursery | None = None
+        self.hop: Any = None  # the running relay hop (adapter.RelayHopProtocol)
 
     # lifecycle --------------------------------------------------------------------
 
@@ -204,6 +216,8 @@ class CheckerService:
         )  # fmt: skip
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.settings.relay.enabled:
+                self.hop = await nursery.start(run_hop, self.host, self.settings.relay)
             await nursery.start(self.engine.run)
             await self.host.subscribe("ads/1", self._on_ad)
             await self.host.subscribe(m.ATTEST_TOPIC, self._on_attest)
@@ -289,14 +303,12 @@ class CheckerService:
         )  # fmt: skip
 
     async def _connect(self, ad: Ad) -> ID:
+        """Reach the provider of ``ad``: its direct addresses, then its relay addresses."""
         peer = ID.from_base58(ad.peer)
-        if peer not in self.host.connected_peers():
-            for a in ad.addrs:
-                try:
-                    await self.host.connect(a)
-                    break
-                except P2PError:
-                    continue
+        try:
+            await dial.connect(self.host, peer, ad.addrs)
+        except P2PError as exc:  # the stream opener says it again, with its own context
+            log.info("event=provider_unreachable provider=%s err=%s", ad.address, exc)
         return peer
 
     # chain events -------------------------------------------------------------------

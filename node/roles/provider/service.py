@@ -35,16 +35,19 @@ from node.chain.api import JOB_ASSIGNED, JOB_OPEN, KaisarChain
 from node.consensus.checkers import CheckerSetError, make_checker_set
 from node.consensus.votes import assign_digest
 from node.eip712 import Domain
+from node.p2p.datapath import DataPathServer, listen_host
 from node.p2p.frames import FramedStream, FrameError
 from node.p2p.host import KaisarHost
+from node.p2p.relay import RelayClient, RelaySettings
 from node.popw.inventory import Inventory, read_inventory
 from node.roles.provider import deploy as deploy_rules
 from node.roles.provider import messages as msg
+from node.roles.provider import tunnel
 from node.roles.provider.deploy import DeployRefused, decode_deploy
 from node.roles.provider.messages import AccessDenied
 from node.roles.provider.runtime import ContainerError, ContainerRuntime, Limits
 from node.roles.provider.state import JobRecord, ProviderState
-from node.roles.provider.tunnel import TOKEN_MAX_BYTES, TOKEN_TIMEOUT, pipe
+from node.roles.provider.tunnel import TOKEN_MAX_BYTES, TOKEN_TIMEOUT
 
 log = logging.getLogger("kaisar.provider")
 
@@ -69,6 +72,7 @@ class ProviderSettings:
     max_tunnels_per_job: int = 8
     limits: Limits = field(default_factory=Limits)
     log_retention: float = 600.0  # keep a stopped container this long for its logs
+    relay: RelaySettings = field(default_factory=RelaySettings)  # reservations (off here)
 
     @classmethod
     def from_config(cls, p: Any) -> ProviderSettings:
@@ -88,6 +92,7 @@ class ProviderSettings:
                 tmpfs_bytes=p.tmpfs_mb * 1024 * 1024,
             ),
             log_retention=p.log_retention,
+            relay=RelaySettings(mode=p.relay, relays=tuple(p.relays), count=p.relay_count),
         )
 
 
@@ -138,10 +143,14 @@ class ProviderService:
         self._job_locks: dict[int, trio.Lock] = defaultdict(trio.Lock)
         self._tunnels: dict[int, int] = defaultdict(int)
         self._tunnel_scopes: dict[int, set[trio.CancelScope]] = defaultdict(set)
+        self.data_path = DataPathServer(host=listen_host(host.options.listen))
         self._ended_at: dict[int, float] = {}
         self._changed = trio.Event()
         self._last_chain_poll = 0.0
         self.ads_sent = 0
+        self.relay: RelayClient | None = None
+        if settings.relay.mode != "off":  # NAT: reachable through checkers' relays
+            self.relay = RelayClient(host, settings.relay, on_change=self.changed)
 
     # properties -----------------------------------------------------------------
 
@@ -200,8 +209,11 @@ class ProviderService:
         )
         try:
             async with trio.open_nursery() as nursery:
+                if self.relay is not None:
+                    await nursery.start(self.relay.run)
                 nursery.start_soon(self._ad_loop)
                 nursery.start_soon(self._monitor_loop)
+                nursery.start_soon(self.data_path.run)
                 task_status.started(self)
         finally:
             self.state.close()
@@ -249,7 +261,7 @@ class ProviderService:
         assert self.inventory is not None
         return {
             "peer": self.peer,
-            "addrs": self.host.addrs()[: msg.MAX_ADDRS],
+            "addrs": self.ad_addrs(),
             "gpu_class": self.settings.gpu_class,
             "price_per_gpu_hour_wei": self.settings.price_per_gpu_hour_wei,
             "gpus_total": len(self.slots),
@@ -257,6 +269,11 @@ class ProviderService:
             "accepting": self.accepting,
             "inventory": inventory_summary(self.inventory),
         }
+
+    def ad_addrs(self) -> list[str]:
+        """Direct addresses, then the relay addresses of the reservations held now."""
+        relayed = self.relay.circuit_addrs()[: msg.MAX_ADDRS // 2] if self.relay else []
+        return self.host.addrs()[: msg.MAX_ADDRS - len(relayed)] + relayed
 
     async def publish_ad(self) -> None:
         ttl_ms = int(min(max(self.settings.ad_interval * 3, 5.0), 3600.0) * 1000)
@@ -512,6 +529,7 @@ class ProviderService:
     async def _on_tunnel(self, framed: FramedStream, peer: ID) -> None:
         obj = await framed.recv(max_size=TOKEN_MAX_BYTES, timeout=TOKEN_TIMEOUT)
         try:
+            offer = tunnel.take_offer(obj)  # the direct data path (node/p2p/datapath.py)
             token = msg.decode_token(obj, msg.ACTION_TUNNEL)
             rec = self.authorize(token, need_running=True)
             if self._tunnels[rec.job_id] >= self.settings.max_tunnels_per_job:
@@ -529,11 +547,16 @@ class ProviderService:
         scope = trio.CancelScope()
         self._tunnel_scopes[job_id].add(scope)
         try:
-            await framed.send({"ok": True})
             log.info("event=tunnel_open job=%d peer=%s", job_id, peer)
             with scope:
-                sent, received = await pipe(framed, tcp)
-                log.info("event=tunnel_closed job=%d in=%d out=%d", job_id, sent, received)
+                st = await tunnel.serve(
+                    framed, tcp, offer, job_id=job_id, client_peer=peer,
+                    provider_peer=self.host.peer_id, server=self.data_path,
+                )  # fmt: skip
+                log.info(
+                    "event=tunnel_closed job=%d in=%d out=%d end=%s",
+                    job_id, st.a_to_b, st.b_to_a, st.ended_by,
+                )  # fmt: skip
         finally:
             self._tunnels[job_id] -= 1
             metrics.TUNNELS.labels(metrics.label(self.address)).dec()
