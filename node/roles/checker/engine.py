@@ -303,6 +303,8 @@ class AssignmentEngine:
                 if isinstance(msg, Proposal) and job_id not in self.proposed_at:
                     self.proposed_at[job_id] = trio.current_time()
                 if isinstance(msg, AssignQC):
+                    if not qc_from_gossip:
+                        self._crash_hook_own_qc(attempt, msg)  # test-only, off unless set
                     if not qc_from_gossip:  # gossip already floods a QC we received
                         await self._publish(*m.assignment_fields(msg))  # for observers too
                 else:
@@ -330,6 +332,19 @@ class AssignmentEngine:
                 log.warning("event=equivocation evidence=%s", out.evidence)
                 if self.on_slash is not None:
                     self._spawn(self._guarded, self.on_slash, out.evidence)
+
+    def _crash_hook_own_qc(self, attempt: int, qc: AssignQC) -> None:
+        """A leader's own precommit is never sent: the crash hook fires before the QC
+        holding it leaves the process (with one checker, that is every vote)."""
+        if not os.environ.get(CRASH_AFTER_SIGN_ENV):
+            return
+        store = self.machine(attempt).store
+        for v in store.assign_votes(qc.job_id) if store is not None else []:
+            if (v.round, v.provider) == (qc.round, qc.provider):
+                own = SignedAssignVote(
+                    qc.job_id, v.round, v.provider, self.identity.address, v.signature
+                )
+                _crash_after_sign(own)
 
     # direct votes ---------------------------------------------------------------------
 
