@@ -30,7 +30,8 @@ AREAS: dict[str, tuple[str, ...]] = {
     "node.consensus.commands": ("sim",),
     "node.client.commands": ("client",),
     "node.explorer.commands": ("explorer",),
-    "node.devnet_commands": ("devnet", "soak"),
+    "node.devnet_commands": ("devnet",),
+    "node.soak": ("soak",),
     "node.bench_deploy_commands": (),
     "node.bench_tunnel_commands": (),
 }

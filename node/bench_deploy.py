@@ -26,12 +26,38 @@ from typing import Any
 
 import trio
 
+from node import trace
 from node.roles.provider.images import DEMO_HTTP_IMAGE, DEMO_HTTP_PORT
 
 READY_TIMEOUT = 120.0
 DEPLOY_TIMEOUT = 60.0
 FLOOR_TIMEOUT = 30.0
 LABEL_BENCH = "kaisar.bench"
+# The marks of one job in the order the work flows (node.trace.mark call sites, plus
+# the assignment engine's own proposal / QC times and the bench's listener and first
+# byte). steps_ms gives each one's distance from the previous mark that happened.
+STEP_ORDER = (
+    "purchase_mined",  # buy: fresh-ad check + Escrow.createJob mined (client)
+    "checker_saw_job",  # first checker's event watcher delivers JobCreated
+    "proposed",  # the round's leader signs its proposal (engine)
+    "qc_formed",  # first checker holding a 2/3 AssignQC (engine)
+    "assign_tx_sent",  # leader starts Escrow.assign
+    "assign_tx_mined",
+    "deploy_sent",  # leader opens /kaisar/deploy/1 with the QC
+    "provider_got_deploy",
+    "provider_checked",  # job + checker set read from chain, QC verified
+    "container_create",  # image present, no old container for the job
+    "container_created",
+    "container_started",
+    "container_ready",  # survived the startup grace, port published
+    "status_published",  # signed JobStatus "deployed" gossiped
+    "deploy_replied",  # leader has the "deployed" reply
+    "client_saw_assigned",  # wait: JOB_ASSIGNED read from chain
+    "client_got_status",  # wait: provider's signed status + QC over /kaisar/status/1
+    "client_verified",  # wait: QC against the chain's checker set, status signature
+    "listening",  # connect: local port bound
+    "first_byte",  # first answer byte through the tunnel
+)
 
 
 def p95(xs: list[float]) -> float:
@@ -92,7 +118,30 @@ async def first_byte_through(port: int, job: int) -> tuple[float, bytes]:
     return t, b"".join(rest)
 
 
-async def deploy_once(s: Any, client: Any, emit: Any) -> dict[str, Any]:
+def engine_marks(s: Any, job: int) -> dict[str, float]:
+    """The assignment engines' proposal and QC times of ``job`` (monotonic seconds)."""
+    offset = time.monotonic() - trio.current_time()
+    out: dict[str, float] = {}
+    for c in s.checker_services:
+        for step, seen in (("proposed", c.engine.proposed_at), ("qc_formed", c.engine.decided_at)):
+            if job in seen:
+                t = seen[job] + offset
+                out[step] = min(out.get(step, t), t)
+    return out
+
+
+def step_breakdown(t0: float, marks: dict[str, float]) -> tuple[dict[str, int], dict[str, int]]:
+    """(ms since t0 per mark, ms since the previous mark per step), in time order."""
+    at = {k: round((v - t0) * 1000) for k, v in marks.items() if k in STEP_ORDER}
+    order = sorted(at, key=lambda k: (at[k], STEP_ORDER.index(k)))
+    steps, prev = {}, 0
+    for k in order:
+        steps[k] = at[k] - prev
+        prev = at[k]
+    return {k: at[k] for k in order}, steps
+
+
+async def deploy_once(s: Any, client: Any, emit: Any, rec: trace.Recorder) -> dict[str, Any]:
     t0 = time.monotonic()
     marks: dict[str, float] = {}
     job = await client.buy("cpu", 1, DEMO_HTTP_IMAGE, DEMO_HTTP_PORT, 1.0)
@@ -106,6 +155,7 @@ async def deploy_once(s: Any, client: Any, emit: Any) -> dict[str, Any]:
     marks["deployed_verified"] = time.monotonic() - t0
     async with trio.open_nursery() as n:
         port = await n.start(client.connect, job, 0)
+        trace.mark("listening", job)
         with trio.fail_after(30):
             t_first, answer = await first_byte_through(port, job)
         n.cancel_scope.cancel()
@@ -113,11 +163,16 @@ async def deploy_once(s: Any, client: Any, emit: Any) -> dict[str, Any]:
     if not ok:
         raise RuntimeError(f"job {job}: wrong answer through the tunnel: {answer[:200]!r}")
     await client.close(job)
+    at_ms, steps_ms = step_breakdown(
+        t0, {**rec.of(job), **engine_marks(s, job), "first_byte": t_first}
+    )
     run = {
         "job": job,
         "provider": dep.provider,
         "total_s": round(t_first - t0, 3),
         **{f"{k}_s": round(v, 3) for k, v in marks.items()},
+        "at_ms": at_ms,
+        "steps_ms": steps_ms,
     }
     emit(run)
     return run
@@ -134,6 +189,11 @@ async def run_bench(jobs: int = 5, emit: Any = lambda run: None) -> dict[str, An
         await _deploy_runs(Path(tmp), jobs, emit, runs)
     totals = [r["total_s"] for r in runs]
     med, floor_med = statistics.median(totals), statistics.median(floors)
+    names = [k for k in STEP_ORDER if any(k in r["steps_ms"] for r in runs)]
+    steps_median = {
+        k: round(statistics.median(r["steps_ms"][k] for r in runs if k in r["steps_ms"]))
+        for k in names
+    }
     return {
         "jobs": jobs,
         "median_s": round(med, 3),
@@ -141,6 +201,7 @@ async def run_bench(jobs: int = 5, emit: Any = lambda run: None) -> dict[str, An
         "floor_median_s": round(floor_med, 3),
         "ratio": round(med / floor_med, 2) if floor_med > 0 else None,
         "floor_runs_s": [round(f, 3) for f in floors],
+        "steps_median_ms": steps_median,
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "runs": runs,
@@ -160,5 +221,6 @@ async def _deploy_runs(workdir: Path, jobs: int, emit: Any, runs: list[dict[str,
         with trio.fail_after(READY_TIMEOUT):
             while min(len(c.standing) for c in s.checker_services) < 1:
                 await trio.sleep(0.2)
-        for _ in range(jobs):
-            runs.append(await deploy_once(s, client, emit))
+        with trace.recording() as rec:
+            for _ in range(jobs):
+                runs.append(await deploy_once(s, client, emit, rec))

@@ -12,6 +12,7 @@ Keys at rest are Ethereum keystore v3 JSON (scrypt + AES-128-CTR) written 0600.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -66,9 +67,10 @@ class Identity:
 
     # derived names -----------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def address(self) -> str:
-        """Checksummed Ethereum address."""
+        """Checksummed Ethereum address (cached: deriving it costs ~2.5 ms, and every
+        signed envelope names its signer)."""
         return eth_keys.PrivateKey(self.secret).public_key.to_checksum_address()
 
     @property

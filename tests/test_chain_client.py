@@ -192,6 +192,29 @@ async def test_watcher_task_streams_events(world):
         nursery.cancel_scope.cancel()
 
 
+async def test_watcher_wakes_on_own_transaction(world):
+    """A transaction sent through the watcher's own ChainClient starts the next poll at
+    once: the event arrives long before the (here: 300 s) poll interval."""
+    kc = world.kc
+    head = await kc.client.block_number()
+    w = EventWatcher(kc.client, [kc.escrow], from_block=head + 1, poll_interval=300)
+    send, recv = trio.open_memory_channel(10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(w.run, send)
+        with trio.fail_after(10):
+            while not w.caught_up:  # the first poll is done: the watcher now waits
+                await trio.sleep(0.01)
+            version = kc.client.head_version
+            job_id = await kc.create_job(
+                world.owner, spec_hash=b"\x11" * 32, gpu_class=GPU, count=1,
+                image="busybox:latest", port=8080, duration=10, price_per_second=10**12,
+            )  # fmt: skip
+            assert kc.client.head_version > version
+            ev = await recv.receive()
+        assert ev.name == "JobCreated" and ev.args["job_id"] == job_id
+        nursery.cancel_scope.cancel()
+
+
 async def test_connect_embedded():
     c = ChainClient.connect("embedded")
     assert c.embedded is not None and c.chain_id == await c.run(lambda: c.w3.eth.chain_id)

@@ -7,7 +7,7 @@ from eth_utils import keccak
 
 from node.consensus.assignment import get_leader
 from node.consensus.checkers import make_checker_set
-from node.consensus.qc import sign_assign_vote
+from node.consensus.qc import PrepareQC, Proposal, sign_prevote
 from node.consensus.scheduler import JobSpec, ProviderInfo
 from node.consensus.store import VoteStore
 from node.eip712 import Domain
@@ -35,7 +35,7 @@ class FakeHost:
     async def subscribe(self, suffix, handler) -> None:
         pass
 
-    def sign(self, type_name, fields):
+    def sign(self, type_name, fields, ttl_ms=None):
         from node import wire
 
         return wire.sign(
@@ -49,41 +49,101 @@ class FakeHost:
         self.sent.append(env)
 
 
+def polka(provider):
+    sigs = tuple(sign_prevote(k, DOMAIN, SPEC.job_id, 0, provider).signature for k in KEYS[:3])
+    return PrepareQC(SPEC.job_id, 0, provider, sigs)
+
+
 async def test_restart_never_signs_against_a_stored_vote(tmp_path):
     leader_addr = get_leader(CHECKERS, SPEC.job_id, 0)
     leader = next(k for k in KEYS if k.address == leader_addr)
     me = next(k for k in KEYS if k.address != leader_addr)
-    to_a = sign_assign_vote(leader, DOMAIN, SPEC.job_id, 0, A)
-    to_b = sign_assign_vote(leader, DOMAIN, SPEC.job_id, 0, B)  # the leader equivocates
+    to_a = Proposal(sign_prevote(leader, DOMAIN, SPEC.job_id, 0, A))
+    to_b = Proposal(sign_prevote(leader, DOMAIN, SPEC.job_id, 0, B))  # the leader equivocates
 
-    # First life: the proposal for A is signed and stored, then the process dies before sending.
+    # First life: prevote and precommit for A are signed and stored, then the process
+    # dies before anything is sent (FakeHost has no streams: votes go by gossip, which hangs).
     host = FakeHost(me, hang=True)
     with trio.move_on_after(5) as scope:
         async with trio.open_nursery() as nursery:
             engine = AssignmentEngine(host, me, DOMAIN, CHECKERS, tmp_path, timeout_base=60)
             await nursery.start(engine.run)
-            nursery.start_soon(engine.start_job, SPEC, VIEW, 0)
-            nursery.start_soon(engine.on_vote, to_a)
+            await engine.start_job(SPEC, VIEW, 0)
+            await engine.on_message(to_a)
+            await engine.on_message(polka(A))
             await host.recorded.wait()
-            nursery.cancel_scope.cancel()  # killed between store and gossip
+            nursery.cancel_scope.cancel()  # killed between store and send
     assert not scope.cancelled_caught
     store = VoteStore.open(store_path(tmp_path, 0))
     stored = store.assign_votes(SPEC.job_id)
+    prevoted = store.assign_prevotes(SPEC.job_id)
     store.close()
     assert [(v.round, v.provider) for v in stored] == [(0, A)]
+    assert [(v.round, v.provider) for v in prevoted] == [(0, A)]
 
     # Second life on the same data_dir: a conflicting proposal for B arrives first.
     host2 = FakeHost(me)
     async with trio.open_nursery() as nursery:
         engine = AssignmentEngine(host2, me, DOMAIN, CHECKERS, tmp_path, timeout_base=60)
         await nursery.start(engine.run)
-        await engine.on_vote(to_b)
+        await engine.on_message(to_b)
         await engine.start_job(SPEC, VIEW, 0)
-        await engine.on_vote(to_a)
+        await engine.on_message(to_a)
+        await trio.sleep(0.1)  # let the spawned sends run
         nursery.cancel_scope.cancel()
-    mine = [m.assign_vote_from(e) for e in host2.sent if e.type == "AssignVoteMsg"]
-    assert mine, "the stored vote is re-sent after the restart"
+    assert not [e for e in host2.sent if e.type == "AssignPrevoteMsg"]  # round 0 is spent
+    mine = [m.assignment_from(e) for e in host2.sent if e.type == "AssignVoteMsg"]
+    assert mine, "the stored precommit is re-sent after the restart"
     assert {(v.round, v.provider) for v in mine} == {(0, A)}
-    assert {v.signature for v in mine} == {
-        stored[0].signature
-    }  # the same signature, not a new vote
+    # the same signature, not a new vote
+    assert {v.signature for v in mine} == {stored[0].signature}
+
+
+async def _decide_one_job(tmp_path, full_mesh: bool) -> list[AssignmentEngine]:
+    from node.devnet import start_network, wait_for_mesh
+
+    async with (
+        start_network(4, identities=KEYS, domain=DOMAIN) as hosts,
+        trio.open_nursery() as nursery,
+    ):
+        if full_mesh:
+            for k, a in enumerate(hosts):
+                for b in hosts[k + 1 :]:
+                    await a.connect(b.addrs()[0])
+        engines = []
+        for i, h in enumerate(hosts):
+            e = AssignmentEngine(h, KEYS[i], DOMAIN, CHECKERS, tmp_path / f"c{i}", timeout_base=30)
+            await nursery.start(e.run)
+            engines.append(e)
+        await wait_for_mesh(hosts, m.ASSIGN_TOPIC)
+        for e in engines:
+            await e.start_job(SPEC, VIEW, 0)
+        with trio.fail_after(20):
+            while not all(e.decided(SPEC.job_id) for e in engines):
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    return engines
+
+
+async def test_votes_go_direct_to_the_leader_on_real_hosts(tmp_path):
+    """4 real libp2p hosts, all connected: prevotes, precommits, the proposal and the
+    PrepareQC travel on /kaisar/vote/1 streams; only the AssignQC is gossiped."""
+    engines = await _decide_one_job(tmp_path, full_mesh=True)
+    qcs = {e.decided(SPEC.job_id) for e in engines}
+    assert len(qcs) == 1 and next(iter(qcs)).provider in (A, B)
+    direct = sum(e.sent_direct for e in engines)
+    # proposal + PrepareQC to 3 checkers, 3 prevotes, 3 precommits, and the AssignQC gossip;
+    # a stream that cannot be opened in time (loaded machine) sends its share by gossip
+    assert direct > 0
+    assert direct + sum(e.published for e in engines) <= 4 * (len(engines) - 1) + 1
+
+
+async def test_unreachable_checkers_get_their_messages_by_gossip(tmp_path, monkeypatch):
+    """When no checker's peer is known (no connection, no DHT record), every direct
+    message goes by gossip instead, and the job is still decided once."""
+    monkeypatch.setattr(AssignmentEngine, "_peer_of", lambda self, address: None)
+    engines = await _decide_one_job(tmp_path, full_mesh=False)
+    qcs = [e.decided(SPEC.job_id) for e in engines]  # each may hold its own quorum of sigs
+    assert len({(qc.round, qc.provider) for qc in qcs if qc}) == 1
+    assert sum(e.sent_direct for e in engines) == 0
+    assert sum(e.published for e in engines) >= 1 + 2 + 2 * (len(engines) - 1)

@@ -42,6 +42,7 @@ class HonestProvider:
         self.host, self.chain, self.free, self.price = host, chain, free, price
         self.deployed: dict[int, dict] = {}
         self.prover = Prover(best_backend())
+        self.refuse = ""  # set: refuse every deploy with this reason
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.host.set_handler("/kaisar/popw/1", lambda f, p: respond_popw(f, self.prover))
@@ -72,10 +73,15 @@ class HonestProvider:
             cs = await self.chain.active_checkers()
             checkers = make_checker_set(zip(cs.node_keys, cs.stakes, strict=True))
             check_deploy(req, self.host.address, job, checkers, self.chain.domain)
+            if self.refuse:
+                raise DeployRefused(self.refuse)
         except DeployRefused as exc:
             await framed.send({"t": "refused", "job_id": obj.get("job_id"), "reason": exc.reason})
             return
-        self.deployed.setdefault(req.job_id, {"round": req.round, "count": 0})["count"] += 1
+        entry = self.deployed.setdefault(
+            req.job_id, {"round": req.round, "count": 0, "chain_state": job.state}
+        )
+        entry["count"] += 1
         await framed.send(
             {
                 "t": "deployed",

@@ -6,7 +6,7 @@ import trio
 from eth_utils import keccak
 from test_checker_helpers import FAST, FAST_CLASSES, HonestProvider
 
-from node.chain.api import JOB_ASSIGNED
+from node.chain.api import JOB_ASSIGNED, JOB_OPEN
 from node.chain.genesis import GenesisChecker, start_embedded
 from node.chain.watcher import EventWatcher
 from node.consensus import votes
@@ -80,4 +80,63 @@ async def test_four_checkers_assign_ten_jobs_with_one_killed(tmp_path):
                 job = await kc.get_job(j)
                 mine = next(p for p in honest if p.host.address == job.provider)
                 assert mine.deployed[j]["round"] == job.round
+            nursery.cancel_scope.cancel()
+
+
+async def test_deploy_goes_out_while_the_assignment_is_mined(tmp_path):
+    """The deploy command does not wait for Escrow.assign: with every checker's chain
+    sender held (no assignment can be mined), the provider still gets a valid deploy
+    for the job, which it accepts because the job is open on chain in that round.
+    A refused deploy still becomes a certified failure: the leader reports it once its
+    assignment is on chain (the contract takes failure votes only for an assignment)."""
+    import dataclasses
+    from contextlib import AsyncExitStack
+
+    # no missed-heartbeat failures: a failure can only come from the refused deploy
+    settings = dataclasses.replace(FAST, status_timeout=3600.0)
+    checkers = [ident(f"par-checker{i}") for i in range(4)]
+    provider, owner = ident("par-provider"), ident("par-owner")
+    dev = await start_embedded([GenesisChecker(c, c, ETHER) for c in checkers])
+    kc = dev.chain
+    await dev.fund(owner.address)
+    async with start_network(5, identities=[*checkers, provider], domain=kc.domain) as hosts:
+        async with trio.open_nursery() as nursery:
+            honest = HonestProvider(hosts[4], kc)
+            for c in hosts[:4]:
+                await honest.host.connect(c.addrs()[0])
+            await nursery.start(honest.run)
+            services = []
+            for i, h in enumerate(hosts[:4]):
+                svc = CheckerService(
+                    h, h.identity, kc, tmp_path / f"c{i}", settings, classes=FAST_CLASSES
+                )
+                await nursery.start(svc.run)
+                services.append(svc)
+            await wait_for_mesh(hosts[:4], "assign/1")
+            with trio.fail_after(60):
+                while not all(s.standing for s in services):
+                    await trio.sleep(0.1)
+            async with AsyncExitStack() as held:
+                for c in checkers:  # no checker transaction can go out now
+                    await held.enter_async_context(kc.client.sender(c)._lock)
+                job_id = await kc.create_job(
+                    owner, spec_hash=b"\x01" * 32, gpu_class=votes.gpu_class_id("cpu"), count=1,
+                    image="busybox", port=8080, duration=600, price_per_second=10**9,
+                )  # fmt: skip
+                with trio.fail_after(60):
+                    while job_id not in honest.deployed:
+                        await trio.sleep(0.05)
+                assert honest.deployed[job_id]["chain_state"] == JOB_OPEN
+                assert (await kc.get_job(job_id)).state == JOB_OPEN
+            with trio.fail_after(60):  # released: the assignment lands as well
+                while (await kc.get_job(job_id)).state != JOB_ASSIGNED:
+                    await trio.sleep(0.1)
+            honest.refuse = "test: refusing every deploy"
+            refused = await kc.create_job(
+                owner, spec_hash=b"\x02" * 32, gpu_class=votes.gpu_class_id("cpu"), count=1,
+                image="busybox", port=8080, duration=600, price_per_second=10**9,
+            )  # fmt: skip
+            with trio.fail_after(60):
+                while (await kc.get_job(refused)).failures < 1:
+                    await trio.sleep(0.1)
             nursery.cancel_scope.cancel()

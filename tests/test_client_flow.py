@@ -217,3 +217,25 @@ async def test_connect_follows_the_job_to_a_new_provider(
     finally:
         runtime1.close()
         remove_labelled(docker_engine.client, node1)
+
+
+async def test_wait_learns_deployment_from_gossip_and_connect_reuses_it(
+    world, container_runtime, tmp_path
+):
+    """With the provider's /kaisar/status/1 handler gone, wait_deployed still verifies
+    the deployment: from the provider's gossiped signed status and the chain's QC. A
+    second wait for the same assignment (what connect does) reuses that verification
+    while the status is fresh, and verifies again once it has expired."""
+    from node.roles.provider.service import STATUS_PROTOCOL
+
+    async with client_world(world, container_runtime, tmp_path) as (svc, client, nursery):
+        svc.host.host.remove_stream_handler(STATUS_PROTOCOL)
+        job = await client.buy("cpu", 1, DEMO_HTTP_IMAGE, DEMO_HTTP_PORT, hours=1)
+        await certify(world, client, job, svc.host.peer_id)
+        dep = await client.wait_deployed(job, timeout=30)
+        assert dep.provider == world.providers[0].address and dep.state in ("deployed", "running")
+        assert len(dep.qc_signers) == 2  # the chain's QC, checked here
+        assert await client.wait_deployed(job, timeout=5) is dep  # reused, not re-verified
+        client._verified[job] = (dep, 0)  # the status it rested on has expired
+        again = await client.wait_deployed(job, timeout=30)
+        assert again is not dep and (again.round, again.provider) == (dep.round, dep.provider)

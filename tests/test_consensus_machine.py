@@ -1,4 +1,4 @@
-"""Assignment rounds: leader rotation, timeouts, the vote/lock rule, and the state machine."""
+"""Assignment rounds: leader rotation, timeouts, the prevote/precommit rules, the state machine."""
 
 from __future__ import annotations
 
@@ -9,15 +9,31 @@ from hypothesis import strategies as st
 
 from node.consensus import assignment as rules
 from node.consensus.checkers import make_checker_set
-from node.consensus.machine import AssignmentMachine, Broadcast, Decided, Slash, StartTimer
-from node.consensus.qc import AssignQC, SignedAssignVote, is_valid_assign_qc, sign_assign_vote
+from node.consensus.machine import (
+    AssignmentMachine,
+    Broadcast,
+    Decided,
+    Send,
+    Slash,
+    StartTimer,
+)
+from node.consensus.qc import (
+    AssignQC,
+    PrepareQC,
+    Proposal,
+    SignedAssignVote,
+    SignedPrevote,
+    is_valid_assign_qc,
+    sign_assign_vote,
+    sign_prevote,
+)
 from node.consensus.scheduler import JobSpec, ProviderInfo
 from node.consensus.store import VoteConflict, VoteStore
 from node.eip712 import Domain
 from node.identity import Identity
 
 DOMAIN = Domain(chain_id=31337)
-IDS = [Identity(keccak(f"machine-test-{i}".encode())) for i in range(7)]
+IDS = [Identity(keccak(f"machine-test-{i}".encode())) for i in range(10)]
 CHECKERS = make_checker_set((i.address, 1) for i in IDS[:4])
 P1, P2, P3 = ("0x" + k * 20 for k in ("a1", "a2", "a3"))
 PROVIDERS = (
@@ -56,39 +72,59 @@ def test_round_timeout_grows_then_caps():
     assert t == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
 
 
-# the vote rule ----------------------------------------------------------------------------
+def test_propose_wait_only_after_round_0():
+    assert rules.propose_wait(0, 1.0) == 0.0
+    assert rules.propose_wait(1, 1.0) == 2.0 / rules.PROPOSE_WAIT_DIVISOR
 
 
-def test_lock_rules():
+# the vote rules ---------------------------------------------------------------------------
+
+
+def test_prevote_rule():
     lock = rules.NO_LOCK
-    assert rules.may_sign_assignment(lock, 0, P1, released=False)
-    lock = rules.record_own_vote(lock, 0, P1)
-    # at most one vote per (job, round), even for the same provider
-    assert not rules.may_sign_assignment(lock, 0, P1, released=True)
-    # later rounds: only the locked provider, unless released
-    assert rules.may_sign_assignment(lock, 1, P1, released=False)
-    assert not rules.may_sign_assignment(lock, 1, P2, released=False)
-    assert rules.may_sign_assignment(lock, 1, P2, released=True)
+    assert rules.may_prevote(lock, 0, P1)
+    lock = rules.record_prevote(lock, 0)
+    # at most one prevote per (job, round), even for the same provider
+    assert not rules.may_prevote(lock, 0, P1)
+    assert rules.may_prevote(lock, 1, P2)  # a prevote alone does not lock
+    lock = rules.record_precommit(lock, 1, P1)  # locked on (P1, round 1)
+    assert not rules.may_prevote(lock, 1, P1)  # no prevote after precommitting in a round
+    # later rounds: only the locked provider...
+    assert rules.may_prevote(lock, 2, P1)
+    assert not rules.may_prevote(lock, 2, P2)
+    # ...unless justified by a polka from the lock's round or later (and before this round)
+    assert not rules.may_prevote(lock, 3, P2, justify_round=0)
+    assert rules.may_prevote(lock, 3, P2, justify_round=1)
+    assert rules.may_prevote(lock, 3, P2, justify_round=2)
+    assert not rules.may_prevote(lock, 3, P2, justify_round=3)
+    # rounds only go forward
+    later = rules.record_prevote(lock, 5)
+    assert not rules.may_prevote(later, 4, P1)
     # after a QC: nothing at all
-    seen = rules.record_qc_seen(lock)
-    assert not rules.may_sign_assignment(seen, 1, P1, released=True)
-    assert rules.proposal_for(lock, False, P2) == P1
-    assert rules.proposal_for(lock, True, P2) == P2
-    assert rules.proposal_for(rules.NO_LOCK, False, P2) == P2
+    assert not rules.may_prevote(rules.record_qc_seen(lock), 2, P1)
 
 
-def test_lock_release_needs_quorum_of_other_votes_at_or_after_lock_round():
-    a, b, c, d = CHECKERS.addresses
-    lock = rules.record_own_vote(rules.NO_LOCK, 2, P1)
-    two_others = {2: {b: {P2}, c: {P3}}}
-    assert not rules.is_lock_released(lock, two_others, CHECKERS)  # 2 of 4 < 2/3
-    three = {2: {b: {P2}, c: {P3}, d: {P2}}}
-    assert rules.is_lock_released(lock, three, CHECKERS)  # 3 of 4, none for P1
-    assert not rules.is_lock_released(lock, {1: three[2]}, CHECKERS)  # before my lock round
-    with_p1 = {3: {a: {P1}, b: {P1}, c: {P2}}}
-    assert not rules.is_lock_released(lock, with_p1, CHECKERS)
-    equivocator = {3: {b: {P1, P2}, c: {P2}, d: {P3}}}  # b signed both: counts as "other"
-    assert rules.is_lock_released(lock, equivocator, CHECKERS)
+def test_precommit_rule_and_lock():
+    lock = rules.record_prevote(rules.NO_LOCK, 0)
+    assert rules.may_precommit(lock, 0)
+    lock = rules.record_precommit(lock, 0, P1)
+    assert (lock.provider, lock.round, lock.last_round) == (P1, 0, 0)
+    assert not rules.may_precommit(lock, 0)  # one precommit per round
+    assert rules.may_precommit(lock, 2)
+    lock = rules.record_prevote(lock, 3)
+    assert not rules.may_precommit(lock, 2)  # not below a round already prevoted in
+    assert rules.may_precommit(lock, 3)
+    lock = rules.record_precommit(lock, 3, P2)
+    assert (lock.provider, lock.round) == (P2, 3)  # the lock moves to the later polka
+    assert not rules.may_precommit(rules.record_qc_seen(lock), 4)
+
+
+def test_proposal_rule():
+    assert rules.proposal_for(P2, P1) == P2  # the highest polka's provider
+    assert rules.proposal_for(None, P1) == P1  # else the scheduler's choice
+    q1, q3 = PrepareQC(42, 1, P1, ()), PrepareQC(42, 3, P2, ())
+    assert rules.higher_justify(q1, q3) is q3 and rules.higher_justify(q3, q1) is q3
+    assert rules.higher_justify(None, q1) is q1 and rules.higher_justify(q1, None) is q1
 
 
 # the machine ------------------------------------------------------------------------------
@@ -103,7 +139,8 @@ def machines(n=4, stores=None):
 
 
 def run_net(ms, inputs, drop=lambda src, dst, msg: False):
-    """Deliver every Broadcast to every other machine until quiet. Returns outputs per machine."""
+    """Deliver Broadcasts to every other machine and Sends to their addressee until quiet.
+    Returns the outputs of each machine."""
     by_addr = {m.address: k for k, m in enumerate(ms)}
     log: list[list] = [[] for _ in ms]
     queue = list(inputs)
@@ -112,17 +149,23 @@ def run_net(ms, inputs, drop=lambda src, dst, msg: False):
         log[k] += outs
         for o in outs:
             if isinstance(o, Broadcast):
-                for j, m in enumerate(ms):
-                    if j == k or drop(k, j, o.message):
-                        continue
-                    fn = m.on_vote if isinstance(o.message, SignedAssignVote) else m.on_qc
-                    queue.append((j, fn(o.message)))
-    del by_addr
+                targets = [j for j in range(len(ms)) if j != k]
+            elif isinstance(o, Send):
+                targets = [by_addr[o.to]]
+            else:
+                continue
+            for j in targets:
+                if not drop(k, j, o.message):
+                    queue.append((j, ms[j].on_message(o.message)))
     return log
 
 
 def decided(log):
     return [o.qc for o in log if isinstance(o, Decided)]
+
+
+def identity_of(checkers, job_id, round_):
+    return next(i for i in IDS if i.address == rules.get_leader(checkers, job_id, round_))
 
 
 def test_four_honest_machines_decide_the_scheduled_provider_in_round_0():
@@ -136,21 +179,34 @@ def test_four_honest_machines_decide_the_scheduled_provider_in_round_0():
         assert any(isinstance(o, StartTimer) and o.round == 0 for o in log[k])
 
 
+@pytest.mark.parametrize("n", [4, 7, 10])
+def test_messages_per_decision_are_linear(n):
+    """Votes go to the leader only: one proposal, n - 1 prevotes, one PrepareQC, n - 1
+    precommits, one AssignQC: 2n + 1 messages."""
+    ms, _ = machines(n)
+    log = run_net(ms, [(k, m.on_job(JOB, PROVIDERS, 0)) for k, m in enumerate(ms)])
+    sends = [o for outs in log for o in outs if isinstance(o, Send)]
+    leader = rules.get_leader(ms[0].checkers, 42, 0)
+    assert len(sends) == 2 * (n - 1) and all(o.to == leader for o in sends)
+    proposals = [o for outs in log for o in outs if isinstance(o, Broadcast)]
+    kinds = sorted(type(o.message).__name__ for o in proposals)
+    # the leader's Proposal, PrepareQC and AssignQC; receivers re-announce the AssignQC
+    # locally (the engine does not republish a QC that arrived by gossip)
+    assert kinds.count("Proposal") == 1 and kinds.count("PrepareQC") == 1
+
+
 def test_leader_crash_moves_to_next_leader_on_timeout():
     ms, checkers = machines()
     leader0 = rules.get_leader(checkers, 42, 0)
     alive = [k for k, m in enumerate(ms) if m.address != leader0]
-    log = run_net(
-        ms,
-        [(k, ms[k].on_job(JOB, PROVIDERS, 0)) for k in alive],
-        drop=lambda s, d, m: ms[d].address == leader0,
-    )
+    down = lambda s, d, m: ms[d].address == leader0  # noqa: E731
+    log = run_net(ms, [(k, ms[k].on_job(JOB, PROVIDERS, 0)) for k in alive], drop=down)
     assert not any(decided(log[k]) for k in alive)
-    log = run_net(
-        ms,
-        [(k, ms[k].on_timeout(42, 0)) for k in alive],
-        drop=lambda s, d, m: ms[d].address == leader0,
-    )
+    log = run_net(ms, [(k, ms[k].on_timeout(42, 0)) for k in alive], drop=down)
+    leader1 = next(k for k in alive if ms[k].address == rules.get_leader(checkers, 42, 1))
+    waits = [o for o in log[leader1] if isinstance(o, StartTimer) and o.propose]
+    assert [w.seconds for w in waits] == [rules.propose_wait(1, 1.0)]  # waits for new views
+    log = run_net(ms, [(leader1, ms[leader1].on_propose_timeout(42, 1))], drop=down)
     for k in alive:
         qc = decided(log[k])[0]
         assert (qc.round, qc.provider) == (1, P1)
@@ -162,44 +218,77 @@ def test_stale_timeout_is_ignored():
     ms[0].on_job(JOB, PROVIDERS, 0)
     assert ms[0].on_timeout(42, 5) == []
     assert ms[0].on_timeout(7, 0) == []
+    assert ms[0].on_propose_timeout(42, 3) == []
 
 
-def test_machine_refuses_second_proposal_in_round_and_reports_equivocating_leader():
+def test_second_proposal_in_a_round_is_not_prevoted():
     ms, checkers = machines()
-    leader = next(i for i in IDS[:4] if i.address == rules.get_leader(checkers, 42, 0))
+    leader = identity_of(checkers, 42, 0)
     voter = next(m for m in ms if m.address != leader.address)
     voter.on_job(JOB, PROVIDERS, 0)
-    a = sign_assign_vote(leader, DOMAIN, 42, 0, P1)
-    b = sign_assign_vote(leader, DOMAIN, 42, 0, P2)
-    out_a = voter.on_vote(a)
-    own = [o.message for o in out_a if isinstance(o, Broadcast)]
-    assert [(v.provider, v.signer) for v in own] == [(P1, voter.address)]
-    out_b = voter.on_vote(b)
-    assert not [o for o in out_b if isinstance(o, Broadcast)]  # no second vote in round 0
-    slash = [o.evidence for o in out_b if isinstance(o, Slash)]
-    assert len(slash) == 1 and slash[0].signer == leader.address
+    out_a = voter.on_proposal(Proposal(sign_prevote(leader, DOMAIN, 42, 0, P1)))
+    assert [(o.to, o.message.provider) for o in out_a if isinstance(o, Send)] == [
+        (leader.address, P1)
+    ]
+    out_b = voter.on_proposal(Proposal(sign_prevote(leader, DOMAIN, 42, 0, P2)))
+    assert out_b == [] and voter.equivocating_proposals == 1
 
 
-def test_machine_rejects_invalid_votes_and_qcs():
+def test_equivocating_precommits_give_evidence():
+    ms, checkers = machines()
+    m = ms[0]
+    m.on_job(JOB, PROVIDERS, 0)
+    m.on_vote(sign_assign_vote(IDS[2], DOMAIN, 42, 0, P1))
+    out = m.on_vote(sign_assign_vote(IDS[2], DOMAIN, 42, 0, P2))
+    slash = [o.evidence for o in out if isinstance(o, Slash)]
+    assert len(slash) == 1 and slash[0].signer == IDS[2].address
+
+
+def test_machine_rejects_invalid_messages():
     ms, checkers = machines()
     m = ms[0]
     m.on_job(JOB, PROVIDERS, 0)
     v = sign_assign_vote(IDS[1], DOMAIN, 42, 0, P1)
-    assert m.on_vote(SignedAssignVote(42, 0, P2, v.signer, v.signature)) == []
-    assert m.on_vote(sign_assign_vote(IDS[5], DOMAIN, 42, 0, P1)) == []  # not a checker
-    assert m.on_vote(sign_assign_vote(IDS[1], Domain(1), 42, 0, P1)) == []  # other chain
-    assert m.on_qc(AssignQC(42, 0, P1, (v.signature,) * 3)) == []  # duplicate signer
-    assert m.rejected == 4
+    pv = sign_prevote(IDS[1], DOMAIN, 42, 0, P1)
+    leader = identity_of(checkers, 42, 1)
+    other = next(i for i in IDS[:4] if i.address != leader.address)
+    bad = [
+        SignedAssignVote(42, 0, P2, v.signer, v.signature),  # relabelled provider
+        sign_assign_vote(IDS[9], DOMAIN, 42, 0, P1),  # not a checker
+        sign_assign_vote(IDS[1], Domain(1), 42, 0, P1),  # other chain
+        SignedAssignVote(42, 0, P1, v.signer, pv.signature),  # a prevote posing as precommit
+        SignedPrevote(42, 0, P1, v.signer, v.signature),  # a precommit posing as prevote
+        AssignQC(42, 0, P1, (v.signature,) * 3),  # duplicate signer
+        PrepareQC(42, 0, P1, (pv.signature,) * 3),  # duplicate signer
+        Proposal(sign_prevote(other, DOMAIN, 42, 1, P1)),  # not the round's leader
+        Proposal(  # justified by a polka of another provider
+            sign_prevote(leader, DOMAIN, 42, 1, P2),
+            PrepareQC(
+                42, 0, P1, tuple(sign_prevote(i, DOMAIN, 42, 0, P1).signature for i in IDS[:3])
+            ),
+        ),
+    ]
+    for msg in bad:
+        assert m.on_message(msg) == []
+    assert m.rejected == len(bad)
 
 
-def test_ineligible_proposal_is_not_signed():
+def test_ineligible_proposal_is_not_prevoted_unless_justified():
+    """A voter whose (stale) view says P1 is full refuses an unjustified proposal for P1,
+    and prevotes it once it carries a polka: >= 2/3 of stake found P1 eligible."""
     ms, checkers = machines()
-    leader = next(i for i in IDS[:4] if i.address == rules.get_leader(checkers, 42, 0))
+    leader = identity_of(checkers, 42, 1)
     voter = next(m for m in ms if m.address != leader.address)
-    voter.on_job(JOB, PROVIDERS, 0)
-    stranger = "0x" + "ee" * 20
-    out = voter.on_vote(sign_assign_vote(leader, DOMAIN, 42, 0, stranger))
-    assert not [o for o in out if isinstance(o, Broadcast)]
+    stale = (ProviderInfo(P1, "A100", 0, 100, 0),) + PROVIDERS[1:]
+    voter.on_job(JOB, stale, 0)
+    voter.on_timeout(42, 0)
+    assert voter.on_proposal(Proposal(sign_prevote(leader, DOMAIN, 42, 1, P1))) == []
+    voter.jobs[42].proposals.clear()
+    polka = PrepareQC(
+        42, 0, P1, tuple(sign_prevote(i, DOMAIN, 42, 0, P1).signature for i in IDS[:3])
+    )
+    out = voter.on_proposal(Proposal(sign_prevote(leader, DOMAIN, 42, 1, P1), polka))
+    assert [o.message.provider for o in out if isinstance(o, Send)] == [P1]
 
 
 def test_qc_lock_stops_signing():
@@ -209,9 +298,58 @@ def test_qc_lock_stops_signing():
     sigs = tuple(sign_assign_vote(i, DOMAIN, 42, 3, P2).signature for i in IDS[:3])
     out = m.on_qc(AssignQC(42, 3, P2, sigs))
     assert [type(o) for o in out] == [Broadcast, Decided]
-    lead = next(i for i in IDS[:4] if i.address == rules.get_leader(checkers, 42, 4))
-    later = m.on_vote(sign_assign_vote(lead, DOMAIN, 42, 4, P2))
-    assert not [o for o in later if isinstance(o, Broadcast)]
+    lead = identity_of(checkers, 42, 4)
+    assert m.on_proposal(Proposal(sign_prevote(lead, DOMAIN, 42, 4, P2))) == []
+    polka = PrepareQC(
+        42, 4, P2, tuple(sign_prevote(i, DOMAIN, 42, 4, P2).signature for i in IDS[:3])
+    )
+    assert not [o for o in m.on_prepare_qc(polka) if isinstance(o, Send)]
+
+
+def polka(job_id, round_, provider, signers=IDS[:3]):
+    sigs = tuple(sign_prevote(i, DOMAIN, job_id, round_, provider).signature for i in signers)
+    return PrepareQC(job_id, round_, provider, sigs)
+
+
+def test_locked_checker_switches_only_on_a_later_polka():
+    """The split that stalled the one-step protocol: a checker locked on P1 (a polka shown
+    to it alone by a Byzantine leader) refuses an unjustified P2, and follows P2 once a
+    proposal carries a polka for P2 from its lock round or later."""
+    ms, checkers = machines()
+    job = JobSpec(9, "A100", 1, 1000)
+    me = next(
+        m for m in ms if m.address not in {rules.get_leader(checkers, 9, r) for r in (0, 2, 3)}
+    )
+    me.on_job(job, PROVIDERS, 0)
+    out = me.on_prepare_qc(polka(9, 0, P1))
+    assert [(type(o.message), o.message.provider) for o in out if isinstance(o, Send)] == [
+        (SignedAssignVote, P1)
+    ]
+    me.on_timeout(9, 0), me.on_timeout(9, 1)
+    lead2, lead3 = identity_of(checkers, 9, 2), identity_of(checkers, 9, 3)
+    assert me.on_proposal(Proposal(sign_prevote(lead2, DOMAIN, 9, 2, P2))) == []
+    me.on_timeout(9, 2)
+    old = polka(9, 0, P2, IDS[1:4])  # a polka older than nothing: same round as my lock
+    out = me.on_proposal(Proposal(sign_prevote(lead3, DOMAIN, 9, 3, P2), old))
+    assert [o.message.provider for o in out if isinstance(o, Send)] == [P2]
+
+
+def test_timeout_hands_the_highest_polka_to_the_next_leader():
+    ms, checkers = machines()
+    leader1 = rules.get_leader(checkers, 42, 1)
+    me = next(m for m in ms if m.address not in (leader1, rules.get_leader(checkers, 42, 0)))
+    me.on_job(JOB, PROVIDERS, 0)
+    q = polka(42, 0, P2)
+    me.on_prepare_qc(q)
+    out = me.on_timeout(42, 0)
+    assert [o for o in out if isinstance(o, Send)] == [Send(leader1, q)]
+    # the next leader proposes the polka's provider with it as justification
+    lead = next(m for m in ms if m.address == leader1)
+    lead.on_job(JOB, PROVIDERS, 0)
+    lead.on_timeout(42, 0)
+    lead.on_message(q)
+    props = [o.message for o in lead.on_propose_timeout(42, 1) if isinstance(o, Broadcast)]
+    assert props[0].provider == P2 and props[0].justify == q
 
 
 # persistence ---------------------------------------------------------------------------------
@@ -224,6 +362,9 @@ def test_store_refuses_conflicts_and_survives_reopen(tmp_path):
     s.record_assign_vote(42, 0, P1, b"\x01" * 65)  # idempotent
     with pytest.raises(VoteConflict):
         s.record_assign_vote(42, 0, P2, b"\x02" * 65)
+    s.record_assign_prevote(42, 3, P2, b"\x06" * 65)
+    with pytest.raises(VoteConflict):
+        s.record_assign_prevote(42, 3, P1, b"\x07" * 65)
     s.record_assign_vote(42, 2, P1, b"\x03" * 65)
     s.record_popw_vote(3, P1, 1, b"A" * 32, b"\x04" * 65)
     with pytest.raises(VoteConflict):
@@ -232,7 +373,10 @@ def test_store_refuses_conflicts_and_survives_reopen(tmp_path):
     s.close()
     s = VoteStore.open(path)
     lock = s.assign_lock(42)
-    assert (lock.provider, lock.round, lock.signed_rounds, lock.qc_seen) == (P1, 2, {0, 2}, False)
+    assert (lock.provider, lock.round, lock.precommitted, lock.prevoted, lock.qc_seen) == (
+        P1, 2, {0, 2}, {3}, False
+    )  # fmt: skip
+    assert lock.last_round == 3
     assert s.assign_lock(43).qc_seen and s.assign_lock(44) == rules.NO_LOCK
     assert s.popw_vote(3, P1) == (1, b"A" * 32, b"\x04" * 65)
     assert s.popw_vote(4, P1) is None
@@ -248,81 +392,89 @@ def test_store_big_job_ids():
     assert s.assign_lock(big - 1).provider is None
 
 
-def test_restarted_checker_never_signs_against_its_earlier_vote(tmp_path):
-    """Vote P1 in round 0, crash, restart: a round-0 proposal for P2 and a round-1
-    proposal for P2 are both refused; the old vote is re-sent unchanged."""
+def test_restarted_checker_never_signs_against_its_earlier_votes(tmp_path):
+    """Prevote and precommit P1 in round 0, crash, restart: a second round-0 proposal is
+    not prevoted, the precommit is re-sent unchanged, and a round-1 proposal for P2
+    without a justifying polka is refused while P1 is prevoted."""
     path = tmp_path / "c.sqlite"
     checkers = make_checker_set((i.address, 1) for i in IDS[:4])
-    leader0 = next(i for i in IDS[:4] if i.address == rules.get_leader(checkers, 42, 0))
-    me = next(
-        i for i in IDS[:4] if i.address not in (leader0.address, rules.get_leader(checkers, 42, 1))
-    )
+    leader0, leader1 = identity_of(checkers, 42, 0), identity_of(checkers, 42, 1)
+    me = next(i for i in IDS[:4] if i.address not in (leader0.address, leader1.address))
     m = AssignmentMachine(me, DOMAIN, checkers, VoteStore.open(path))
     m.on_job(JOB, PROVIDERS, 0)
-    first = [
-        o.message
-        for o in m.on_vote(sign_assign_vote(leader0, DOMAIN, 42, 0, P1))
-        if isinstance(o, Broadcast)
-    ]
-    assert [v.provider for v in first] == [P1]
+    m.on_proposal(Proposal(sign_prevote(leader0, DOMAIN, 42, 0, P1)))
+    first = [o for o in m.on_prepare_qc(polka(42, 0, P1)) if isinstance(o, Send)]
+    assert [o.message.provider for o in first] == [P1]
     m.store.close()
 
     m2 = AssignmentMachine(me, DOMAIN, checkers, VoteStore.open(path))
-    resent = [o.message for o in m2.on_job(JOB, PROVIDERS, 0) if isinstance(o, Broadcast)]
+    resent = [o for o in m2.on_job(JOB, PROVIDERS, 0) if isinstance(o, Send)]
     assert resent == first  # same signature, not a new vote
+    assert m2.on_proposal(Proposal(sign_prevote(leader0, DOMAIN, 42, 0, P2))) == []
+    m2.on_timeout(42, 0)
     assert not [
         o
-        for o in m2.on_vote(sign_assign_vote(leader0, DOMAIN, 42, 0, P2))
-        if isinstance(o, Broadcast) and o.message.signer == me.address
+        for o in m2.on_proposal(Proposal(sign_prevote(leader1, DOMAIN, 42, 1, P2)))
+        if isinstance(o, Send)
     ]
-    leader1 = next(i for i in IDS[:4] if i.address == rules.get_leader(checkers, 42, 1))
-    m2.on_timeout(42, 0)
-    out = m2.on_vote(sign_assign_vote(leader1, DOMAIN, 42, 1, P2))
-    assert not [o for o in out if isinstance(o, Broadcast) and o.message.signer == me.address]
     fresh = AssignmentMachine(me, DOMAIN, checkers, VoteStore.open(path))
     fresh.on_job(JOB, PROVIDERS, 0)
     fresh.on_timeout(42, 0)
-    out = fresh.on_vote(sign_assign_vote(leader1, DOMAIN, 42, 1, P1))  # the locked provider
-    assert [o.message.provider for o in out if isinstance(o, Broadcast)] == [P1]
+    out = fresh.on_proposal(Proposal(sign_prevote(leader1, DOMAIN, 42, 1, P1)))
+    assert [o.message.provider for o in out if isinstance(o, Send)] == [P1]
 
 
-def test_vote_is_recorded_before_it_is_returned(tmp_path):
+def test_votes_are_recorded_before_they_are_returned(tmp_path):
     """If the store refuses (disk full, conflict), no signature leaves the machine."""
     checkers = make_checker_set((i.address, 1) for i in IDS[:4])
-    leader0 = next(i for i in IDS[:4] if i.address == rules.get_leader(checkers, 42, 0))
+    leader0 = identity_of(checkers, 42, 0)
     me = next(i for i in IDS[:4] if i.address != leader0.address)
 
     class FailingStore(VoteStore):
+        def record_assign_prevote(self, *a, **k):
+            raise OSError("disk full")
+
         def record_assign_vote(self, *a, **k):
             raise OSError("disk full")
 
     m = AssignmentMachine(me, DOMAIN, checkers, FailingStore(":memory:"))
     m.on_job(JOB, PROVIDERS, 0)
     with pytest.raises(OSError):
-        m.on_vote(sign_assign_vote(leader0, DOMAIN, 42, 0, P1))
+        m.on_proposal(Proposal(sign_prevote(leader0, DOMAIN, 42, 0, P1)))
+    assert m.jobs[42].lock.prevoted == frozenset()
+    with pytest.raises(OSError):
+        m.on_prepare_qc(polka(42, 0, P1))
     assert m.jobs[42].lock.provider is None
 
 
 @given(st.randoms(use_true_random=False), st.integers(0, 5))
 @settings(max_examples=40, deadline=None)
 def test_any_delivery_order_gives_one_provider(rnd, job_id):
-    """3 honest machines + a Byzantine checker that signs every provider in rounds 0-2,
-    messages delivered in an arbitrary order with arbitrary drops and timeouts: every
-    decision names the same provider."""
+    """3 honest machines + a Byzantine checker that prevotes and precommits every provider
+    in rounds 0-3 to everyone, messages delivered in an arbitrary order with arbitrary
+    drops and timer firings: every decision names the same provider."""
     ms, checkers = machines(4)
     byz = ms[3].identity
     honest = ms[:3]
     queue: list[tuple[int, object]] = []
-    for r in range(3):
+    for r in range(4):
         for p in (P1, P2, P3):
-            v = sign_assign_vote(byz, DOMAIN, job_id, r, p)
-            queue += [(k, v) for k in range(3)]
+            for v in (
+                sign_prevote(byz, DOMAIN, job_id, r, p),
+                sign_assign_vote(byz, DOMAIN, job_id, r, p),
+            ):
+                queue += [(k, v) for k in range(3)]
+            if rules.get_leader(checkers, job_id, r) == byz.address:
+                queue += [(k, Proposal(sign_prevote(byz, DOMAIN, job_id, r, p))) for k in range(3)]
+    by_addr = {m.address: k for k, m in enumerate(honest)}
     decisions = set()
 
     def push(k, outs):
         for o in outs:
             if isinstance(o, Broadcast):
                 queue.extend((j, o.message) for j in range(3) if j != k)
+            elif isinstance(o, Send) and o.to in by_addr:
+                queue.append((by_addr[o.to], o.message))
             elif isinstance(o, Decided):
                 decisions.add(o.qc.provider)
                 assert is_valid_assign_qc(DOMAIN, checkers, o.qc)
@@ -330,63 +482,40 @@ def test_any_delivery_order_gives_one_provider(rnd, job_id):
     for k, m in enumerate(honest):
         push(k, m.on_job(JobSpec(job_id, "A100", 1, 1000), PROVIDERS, 0))
     steps = 0
-    while queue and steps < 400:
+    while queue and steps < 600:
         steps += 1
         k, msg = queue.pop(rnd.randrange(len(queue)))
         if rnd.random() < 0.2:
             continue  # dropped
-        m = honest[k]
-        push(k, m.on_vote(msg) if isinstance(msg, SignedAssignVote) else m.on_qc(msg))
-        if rnd.random() < 0.1:  # somebody's round timer fires
+        push(k, honest[k].on_message(msg))
+        if rnd.random() < 0.1:  # somebody's round or propose timer fires
             j = rnd.randrange(3)
             job = honest[j].jobs.get(job_id)
             if job is not None:
                 push(j, honest[j].on_timeout(job_id, job.round))
+                push(j, honest[j].on_propose_timeout(job_id, job.round))
     assert len(decisions) <= 1
 
 
-def test_vouching_and_adoption():
-    a, b, c, d = CHECKERS.addresses
-    votes = {0: {a: {P1}}, 1: {b: {P2}, c: {P2}}}
-    assert not rules.is_vouched(P1, votes, CHECKERS)  # 1 of 4 < 1/3
-    assert rules.is_vouched(P2, votes, CHECKERS)  # 2 of 4
-    assert rules.adopted_provider(votes, CHECKERS, 42) == P2
-    assert rules.adopted_provider({}, CHECKERS, 42) is None
-    # latest vote per signer counts: a moved to P2 in round 2
-    assert rules.adopted_provider({0: {a: {P1}}, 2: {a: {P3}}}, CHECKERS, 42) == P3
-    votes2 = {0: {a: {P1}, b: {P1}, c: {P1}}, 2: {a: {P3}}}
-    assert rules.adopted_provider(votes2, CHECKERS, 42) == P1  # b, c for P1 vs a for P3
-    tie = min((P1, P3), key=lambda p: rules.leader_rank(42, p))
-    assert rules.adopted_provider({0: {a: {P1}, b: {P3}}}, CHECKERS, 42) == tie
-    assert rules.proposal_for(rules.NO_LOCK, False, P1, P2) == P2
-    locked = rules.record_own_vote(rules.NO_LOCK, 0, P3)
-    assert rules.proposal_for(locked, False, P1, P2) == P3
-
-
-def test_stale_view_follows_vouched_provider():
-    """A voter that thinks P1 is full refuses the proposal, then signs it once checkers
-    with >= 1/3 of stake have (so stale capacity views do not split the vote)."""
+def test_start_job_at_a_reopened_round():
     ms, checkers = machines()
-    leader = next(i for i in IDS[:4] if i.address == rules.get_leader(checkers, 42, 0))
-    voter = next(m for m in ms if m.address != leader.address)
-    stale = (ProviderInfo(P1, "A100", 0, 100, 0),) + PROVIDERS[1:]
-    voter.on_job(JOB, stale, 0)
-    out = voter.on_vote(sign_assign_vote(leader, DOMAIN, 42, 0, P1))
-    assert not [o for o in out if isinstance(o, Broadcast)]
-    other = next(i for i in IDS[:4] if i.address not in (leader.address, voter.address))
-    out = voter.on_vote(sign_assign_vote(other, DOMAIN, 42, 0, P1))
-    assert [o.message.provider for o in out if isinstance(o, Broadcast)][:1] == [P1]
+    m = ms[0]
+    out = m.start_job(JOB, PROVIDERS, 0, first_round=5)
+    assert m.jobs[42].round == 5
+    assert [o.round for o in out if isinstance(o, StartTimer) and not o.propose] == [5]
+    assert m.start_job(JOB, PROVIDERS, 0, first_round=9) == []  # idempotent
 
 
 def test_forget_drops_state_but_not_the_lock(tmp_path):
     checkers = make_checker_set((i.address, 1) for i in IDS[:4])
-    leader0 = next(i for i in IDS[:4] if i.address == rules.get_leader(checkers, 42, 0))
+    leader0 = identity_of(checkers, 42, 0)
     me = next(i for i in IDS[:4] if i.address != leader0.address)
     m = AssignmentMachine(me, DOMAIN, checkers, VoteStore.open(tmp_path / "s.sqlite"))
     m.on_job(JOB, PROVIDERS, 0)
-    m.on_vote(sign_assign_vote(leader0, DOMAIN, 42, 0, P1))
+    m.on_proposal(Proposal(sign_prevote(leader0, DOMAIN, 42, 0, P1)))
+    m.on_prepare_qc(polka(42, 0, P1))
+    m.on_vote(sign_assign_vote(IDS[3], DOMAIN, 42, 0, P1))
     m.forget(42)
     assert 42 not in m.jobs and not m.evidence.assign_seen
-    out = m.on_vote(sign_assign_vote(leader0, DOMAIN, 42, 0, P2))
-    assert not [o for o in out if isinstance(o, Broadcast)]
+    assert m.on_proposal(Proposal(sign_prevote(leader0, DOMAIN, 42, 0, P2))) == []
     assert m.jobs[42].lock.provider == P1  # reloaded from the store

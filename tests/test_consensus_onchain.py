@@ -12,10 +12,9 @@ from web3.logs import DISCARD
 from node.consensus import votes
 from node.consensus.checkers import make_checker_set
 from node.consensus.evidence import EvidencePool
-from node.consensus.machine import AssignmentMachine, Broadcast, Decided
+from node.consensus.machine import AssignmentMachine, Broadcast, Decided, Send
 from node.consensus.qc import (
     AssignQC,
-    SignedAssignVote,
     is_valid_assign_qc,
     sign_assign_vote,
     sign_popw_vote,
@@ -72,25 +71,19 @@ def test_machine_qc_is_accepted_by_the_escrow(world):
     spec = JobSpec(job_id, "cpu", 1, max_price=10**13)
     providers = [ProviderInfo(p.address, "cpu", 1, 10**12, 0) for p in world.providers]
     ms = [AssignmentMachine(c, domain, checkers) for c in world.checkers]
+    by_addr = {m.address: k for k, m in enumerate(ms)}
     queue = [(k, m.on_job(spec, providers, 0)) for k, m in enumerate(ms)]
     qcs = []
-    while queue:
+    while queue:  # Broadcasts to every other machine, Sends (votes) to their addressee
         k, outs = queue.pop(0)
         for o in outs:
             if isinstance(o, Decided):
                 qcs.append(o.qc)
-            if isinstance(o, Broadcast):
-                for j, m in enumerate(ms):
-                    if j != k:
-                        msg = o.message
-                        queue.append(
-                            (
-                                j,
-                                m.on_vote(msg)
-                                if isinstance(msg, SignedAssignVote)
-                                else m.on_qc(msg),
-                            )
-                        )
+            elif isinstance(o, Broadcast):
+                queue += [(j, m.on_message(o.message)) for j, m in enumerate(ms) if j != k]
+            elif isinstance(o, Send):
+                j = by_addr[o.to]
+                queue.append((j, ms[j].on_message(o.message)))
     assert qcs and len({q.provider for q in qcs}) == 1
     qc = qcs[0]
     world.h.tx(

@@ -231,3 +231,18 @@ def test_short_rows_fail():
         check_openings(ch, commit, [(1, 3)], [replace(op, cur=op.cur[:-1])])
     with pytest.raises(PopwError, match="does not answer"):
         check_openings(ch, commit, [(1, 4)], [op])
+
+
+@pytest.mark.parametrize("change", ["drop", "extra"])
+def test_wrong_number_of_openings_fails(change):
+    # rule: one opening per request (a prover that leaves out the rows it cannot show)
+    from node.popw.verifier import check_openings
+
+    ch = new_challenge(32, 3, GENEROUS)
+    prover = Prover()
+    commit = prover.commit(ch)
+    requested = draw_openings(ch, 4, random.Random(5))
+    openings = prover.open(ch.id, requested)
+    openings = openings[:-1] if change == "drop" else [*openings, openings[0]]
+    with pytest.raises(PopwError, match="wrong number of openings"):
+        check_openings(ch, commit, requested, openings)

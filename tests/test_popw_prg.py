@@ -8,8 +8,16 @@ import pytest
 
 from node.popw import merkle, prg
 from node.popw.backends import NumpyBackend
-from node.popw.challenge import MODULUS, Challenge, PopwError, new_challenge, validate_challenge
+from node.popw.challenge import (
+    MODULUS,
+    Challenge,
+    PopwError,
+    centred_reduce,
+    new_challenge,
+    validate_challenge,
+)
 from node.popw.prover import Prover
+from node.popw.verifier import verify_local
 
 MASK128 = (1 << 128) - 1
 MASK64 = (1 << 64) - 1
@@ -86,7 +94,8 @@ def int64_chain(seed: bytes, n: int, rounds: int) -> list[np.ndarray]:
 def test_float_chain_is_exact(n):
     ch = new_challenge(n, 4, 10.0)
     got = []
-    NumpyBackend().run_chain(ch.seed, n, 4, 1, lambda i, rows: got.append(rows.copy()))
+    out = merkle.leaf_storage(4, n)
+    NumpyBackend().run_chain(ch.seed, n, 4, 1, out, lambda i: got.append(out[i - 1, :, 1:]))
     for ours, ref in zip(got, int64_chain(ch.seed, n, 4), strict=True):
         assert np.array_equal(ours, ref)
 
@@ -94,20 +103,50 @@ def test_float_chain_is_exact(n):
 def test_stride_commits_every_stride_steps():
     ch = new_challenge(32, 6, 10.0, stride=3)
     got = []
-    NumpyBackend().run_chain(ch.seed, 32, 6, 3, lambda i, rows: got.append((i, rows.copy())))
+    out = merkle.leaf_storage(2, 32)
+    NumpyBackend().run_chain(ch.seed, 32, 6, 3, out, lambda i: got.append((i, out[i - 1, :, 1:])))
     ref = int64_chain(ch.seed, 32, 6)
     assert [i for i, _ in got] == [1, 2]
     assert np.array_equal(got[0][1], ref[2]) and np.array_equal(got[1][1], ref[5])
 
 
-def test_torch_cpu_gives_the_same_roots_as_numpy():
+@pytest.mark.parametrize("n,rounds,stride", [(64, 3, 1), (256, 4, 2)])
+def test_torch_cpu_gives_the_same_roots_as_numpy(n, rounds, stride):
     torch = pytest.importorskip("torch")
     from node.popw.backends import TorchBackend
 
-    ch = new_challenge(64, 3, 10.0)
+    ch = new_challenge(n, rounds, 10.0, stride=stride)
     a = Prover(NumpyBackend()).commit(ch)
-    b = Prover(TorchBackend(torch, "cpu")).commit(ch)
+    prover = Prover(TorchBackend(torch, "cpu"))
+    b = prover.commit(ch)
     assert a.roots == b.roots
+    assert verify_local(ch, b, 0.1, prover.open, 16).passed
+
+
+def reference_roots(ch):
+    """Roots by the plainest path: one thread, whole matrices, leaves hashed row by row."""
+    b = prg.matrix(ch.seed, b"B", ch.n)
+    c = prg.matrix(ch.seed, b"A", ch.n)
+    roots = []
+    for step in range(1, ch.rounds + 1):
+        c = centred_reduce(c @ b)
+        if step % ch.stride == 0:
+            rows = c.astype(np.int8)
+            leaves = [merkle.hash_leaf(rows[j].tobytes()) for j in range(ch.n)]
+            roots.append(merkle.root_of(merkle.build_levels(leaves)))
+    return roots
+
+
+@pytest.mark.parametrize(
+    "n,threads,pipeline", [(64, 1, False), (64, 2, True), (1024, 2, False), (2048, 2, False)]
+)
+def test_every_prover_path_commits_the_same_roots(n, threads, pipeline):
+    # two-band reduction from n = 512, two-thread leaf hashing from n = 2048, hashing in
+    # a worker thread (the GPU backends' pipeline), storage reused by a second challenge
+    prover = Prover(NumpyBackend(threads=threads), pipeline=pipeline)
+    for rounds in (2, 2) if n < 2048 else (1,):
+        ch = new_challenge(n, rounds, 60.0)
+        assert prover.commit(ch).roots == reference_roots(ch)
 
 
 @pytest.mark.parametrize(

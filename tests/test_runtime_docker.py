@@ -156,6 +156,33 @@ async def test_failed_starts_leave_no_container(
     assert await container_runtime.status(21) is None
 
 
+async def test_start_returns_once_the_service_answers(docker_engine, runtime_node):
+    """start() does not wait out the startup grace when the service already listens:
+    it probes the container's port, so the first request afterwards is answered."""
+    rt = ContainerRuntime(runtime_node, docker_host=docker_engine.host, startup_grace=40)
+    try:
+        t0 = trio.current_time()
+        info = await rt.start(35, DEMO_HTTP_IMAGE, DEMO_HTTP_PORT, limits=SMALL)
+        # not a speed goal: it did not sit out the 40 s grace (start is shielded, so a
+        # deadline cannot interrupt it; the clock can tell)
+        assert trio.current_time() - t0 < 20
+        stream = await trio.open_tcp_stream("127.0.0.1", info.host_port)
+        async with stream:  # one attempt, no retry: the service is up
+            await stream.send_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            got = await stream.receive_some(100)
+            assert got.startswith(b"HTTP/1.") and b" 200 " in got, got
+        # a container that never listens on its port still starts, after the grace
+        quiet = ContainerRuntime(runtime_node, docker_host=docker_engine.host, startup_grace=0.5)
+        try:
+            info = await quiet.start(36, BUSYBOX_IMAGE, 8000, limits=SMALL, command=["sleep", "60"])
+            assert info.running and info.host_port
+        finally:
+            quiet.close()
+    finally:
+        await rt.cleanup_all()
+        rt.close()
+
+
 async def test_start_is_idempotent_per_job(container_runtime: ContainerRuntime):
     first = await container_runtime.start(31, DEMO_HTTP_IMAGE, DEMO_HTTP_PORT, limits=SMALL)
     again = await container_runtime.start(31, DEMO_HTTP_IMAGE, DEMO_HTTP_PORT, limits=SMALL)

@@ -7,6 +7,10 @@ Resource rules:
 - Each signing key has exactly one ``Sender`` (``ChainClient.sender``). It serializes
   that key's transactions behind a ``trio.Lock``, owns its nonce, estimates gas,
   waits for the receipt and re-broadcasts a transaction the node dropped.
+- ``head_version`` counts the blocks this process knows it caused (a mined transaction
+  of any of its senders, ``increase_time``); ``wait_head`` wakes on the next one. Event
+  watchers and the light client use it to react at once to what happened in-process,
+  and keep polling for everything else (other processes, other nodes).
 
 Error rules: a revert, from eth-tester (``TransactionFailed``) or a JSON-RPC node
 (``ContractLogicError``), always surfaces as ``ChainRevert`` with the contract's
@@ -98,6 +102,8 @@ class ChainClient:
         self._lock: threading.RLock | None = embedded.lock if embedded else None
         self._senders: dict[str, Sender] = {}
         self._chain_id: int | None = None
+        self.head_version = 0
+        self._head_moved = trio.Event()
 
     # construction ---------------------------------------------------------------
 
@@ -149,6 +155,21 @@ class ChainClient:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run one web3 call in a worker thread."""
         return await trio.to_thread.run_sync(self.run_sync, fn, *args)
+
+    # local head changes ----------------------------------------------------------------
+
+    def notify_head(self) -> None:
+        """A block this process caused is on chain: wake ``wait_head`` callers."""
+        self.head_version += 1
+        moved, self._head_moved = self._head_moved, trio.Event()
+        moved.set()
+
+    async def wait_head(self, since: int, timeout: float) -> None:
+        """Return when ``head_version`` passes ``since``, or after ``timeout`` s."""
+        if self.head_version != since:
+            return
+        with trio.move_on_after(timeout):
+            await self._head_moved.wait()
 
     # reads ---------------------------------------------------------------------------
 
@@ -210,6 +231,7 @@ class ChainClient:
         else:
             await self.run(self.w3.provider.make_request, "evm_increaseTime", [int(seconds)])
             await self.run(self.w3.provider.make_request, "evm_mine", [])
+        self.notify_head()
 
     async def fund(self, faucet: Identity, address: str, amount: int) -> None:
         """Devnet faucet: send ``amount`` wei from a funded dev account."""
@@ -285,6 +307,7 @@ class Sender:
         txhash = await self._broadcast(raw)
         self._nonce += 1
         receipt = await self._wait(txhash, raw)
+        c.notify_head()
         log.debug(
             "tx sent=%s fn=%s gas=%s status=%s",
             self.address,

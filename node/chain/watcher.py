@@ -10,6 +10,10 @@ created once, assigned once per round).
 Catching up from an old block reads at most ``max_range`` blocks per request (public
 nodes cap ``eth_getLogs`` spans) and polls again at once until ``caught_up``.
 
+Between polls the watcher sleeps ``poll_interval``, or less: a block this process caused
+(``ChainClient.wait_head``: one of its own transactions mined) starts the next poll at
+once, so in-process chains (devnet, tests) deliver events without the poll delay.
+
 Error rules: a poll that fails because the RPC is unreachable (``ChainError``) is logged
 and retried after ``poll_interval``; anything else propagates to the nursery. Logs with
 a topic we have no ABI for are skipped.
@@ -78,6 +82,7 @@ class EventWatcher:
         head = await self.client.block_number()
         safe = head - self.confirmations
         if safe < self._from_block:
+            self._caught_up = True  # nothing confirmed to read yet
             return []
         # a shorter chain after a reorg: read again from where it now ends
         self.next_block = min(self.next_block, safe + 1)
@@ -132,6 +137,7 @@ class EventWatcher:
         async with send:
             task_status.started()
             while True:
+                head = self.client.head_version  # before the read: a later block wakes us
                 try:
                     events = await self.poll()
                 except ChainError as exc:
@@ -140,5 +146,7 @@ class EventWatcher:
                     continue
                 for ev in events:
                     await send.send(ev)
-                # still catching up: read the next range at once
-                await trio.sleep(self.poll_interval if self._caught_up else 0)
+                if self._caught_up:
+                    await self.client.wait_head(head, self.poll_interval)
+                else:  # still catching up: read the next range at once
+                    await trio.sleep(0)

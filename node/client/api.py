@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +34,7 @@ from eth_utils import keccak
 from libp2p.peer.id import ID
 from web3.logs import DISCARD
 
-from node import wire
+from node import trace, wire
 from node.chain.api import JOB_ASSIGNED, JOB_OPEN, Job, KaisarChain
 from node.chain.deploy import Deployment as ChainDeployment
 from node.client import verify
@@ -170,6 +170,8 @@ class Client:
         self.offers = OfferBook()
         self._peers: dict[str, str] = {}  # provider address -> peer id, from signed gossip
         self._statuses: dict[tuple[int, str], wire.Envelope] = {}  # (job, provider) -> newest
+        # job -> (deployment verified by wait_deployed, expiry in ms of the status it used)
+        self._verified: dict[int, tuple[verify.Deployment, int]] = {}
         self._heard = trio.Event()
         self._started = False
 
@@ -234,9 +236,22 @@ class Client:
         self._heard.set()
         self._heard = trio.Event()
 
-    async def _heard_something(self, timeout: float) -> None:
+    async def _heard_something(self, timeout: float, head: int | None = None) -> None:
+        """Return on gossip heard, after ``timeout`` s, or (with ``head``, the chain
+        client's ``head_version`` read before) when this process mined a new block."""
+        heard = self._heard
         with trio.move_on_after(timeout):
-            await self._heard.wait()
+            if head is None:
+                await heard.wait()
+                return
+            async with trio.open_nursery() as nursery:
+
+                async def first(wait: Callable[[], Awaitable[None]]) -> None:
+                    await wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(first, heard.wait)
+                nursery.start_soon(first, lambda: self.chain.client.wait_head(head, timeout))
 
     # buy ---------------------------------------------------------------------------
 
@@ -288,6 +303,7 @@ class Client:
             duration=duration,
             price_per_second=pps,
         )
+        trace.mark("purchase_mined", job_id)
         log.info(
             "event=job_bought job=%d class=%s count=%d price_per_second=%d",
             job_id,
@@ -431,50 +447,86 @@ class Client:
         when a claim is forged (the provider's QC or status does not verify).
         """
         say = _Once(progress)
-        await self.my_job(job_id)
+        job = await self.my_job(job_id)
         missing = "the on-chain assignment"
+        proofs: dict[tuple[int, str], tuple[CheckerSet, list[bytes]]] = {}
         with trio.move_on_after(timeout):
             while True:
-                job = await self.chain.get_job(job_id)
                 if job.state == JOB_OPEN:
                     say("waiting for assignment")
                     missing = "the on-chain assignment (no checker quorum assigned the job yet)"
                 elif job.state == JOB_ASSIGNED:
+                    trace.mark("client_saw_assigned", job_id)
                     say(f"assigned to {job.provider} round {job.round}")
                     say("waiting for provider")
                     missing = (
                         f"the provider's signed status (provider {job.provider} did not answer)"
                     )
-                    found = await self._try_verify(job)
+                    found = self._still_verified(job) or await self._try_verify(job, proofs)
                     if found is not None:
+                        trace.mark("client_verified", job_id)
                         say("deployed")
                         return found
                 else:
                     raise JobEnded(
                         f"job {job_id} ended on chain: {JOB_STATES.get(job.state, job.state)}"
                     )
-                await self._heard_something(self.poll_interval)
+                # gossip (a status, an ad), a block this process mined, or the poll
+                await self._heard_something(self.poll_interval, self.chain.client.head_version)
+                job = await self.chain.get_job(job_id)
         raise WaitTimeout(
             f"job {job_id} not deployed after {timeout:g} s: still waiting for {missing}"
         )
 
-    async def _try_verify(self, job: Job) -> verify.Deployment | None:
-        got = await self._provider_status(job)
-        if got is None:
+    def _still_verified(self, job: Job) -> verify.Deployment | None:
+        """This client's own verification of the same assignment, while the provider's
+        status it rests on is unexpired (``connect`` right after ``wait``)."""
+        got = self._verified.get(job.job_id)
+        if got is None or got[1] <= wire.now_ms():
             return None
-        env, provider_sigs = got
-        if env.body["state"] not in verify.LIVE_STATES and env.signer == job.provider:
-            return None  # not up yet (or failed: checkers will move the job)
-        checkers = await self.checker_set()
-        on_chain = await self.chain_qc(job)
+        dep = got[0]
+        return dep if (dep.round, dep.provider) == (job.round, job.provider) else None
+
+    def _gossiped_status(self, job: Job) -> wire.Envelope | None:
+        """The assigned provider's newest gossiped status for this round, if live and fresh
+        (its signature, network and freshness were checked when it arrived)."""
+        env = self._statuses.get((job.job_id, job.provider))
+        if env is None or env.body["expiry"] <= wire.now_ms() or env.body["round"] != job.round:
+            return None
+        return env if env.body["state"] in verify.LIVE_STATES else None
+
+    async def _try_verify(
+        self, job: Job, proofs: dict[tuple[int, str], tuple[CheckerSet, list[bytes]]]
+    ) -> verify.Deployment | None:
+        """Verify the deployment from the provider's status: the gossiped one when it is
+        live (the chain's QC alone then certifies the assignment), else asked for over
+        /kaisar/status/1 (whose QC copy is verified too). None: not up yet."""
+        key = (job.round, job.provider)
+        env = self._gossiped_status(job)
+        provider_sigs: list[bytes] = []
+        if env is not None and key not in proofs:
+            proofs[key] = (await self.checker_set(), await self.chain_qc(job))
+        if env is None or not proofs[key][1]:
+            got = await self._provider_status(job)
+            if got is None:
+                return None
+            env, provider_sigs = got
+            if env.body["state"] not in verify.LIVE_STATES and env.signer == job.provider:
+                return None  # not up yet (or failed: checkers will move the job)
+        trace.mark("client_got_status", job.job_id)
+        if key not in proofs:
+            proofs[key] = (await self.checker_set(), await self.chain_qc(job))
+        checkers, on_chain = proofs[key]
         try:
-            return verify.verify_deployment(
+            dep = verify.verify_deployment(
                 self.chain.domain, checkers, job, env, [on_chain, provider_sigs]
             )
         except verify.Rejected as exc:
             raise VerificationFailed(
                 f"job {job.job_id}: deployment does not verify: {exc}"
             ) from None
+        self._verified[job.job_id] = (dep, int(env.body["expiry"]))
+        return dep
 
     # status, logs, close ------------------------------------------------------------
 

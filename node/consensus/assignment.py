@@ -1,60 +1,80 @@
-"""Assignment rounds: leaders, timeouts and the vote rule, as pure functions.
+"""Assignment rounds: leaders, timeouts and the two-step vote rule, as pure functions.
 
 Job J is decided in rounds r = 0, 1, ... The leader of (J, r) is the r-th checker in
-the order ``keccak(J, checker)``; its proposal is simply its own signed AssignVote for
-(J, r, provider). A checker signs a proposal only if ``may_sign_assignment`` holds:
+the order ``keccak(J, checker)``. A round has two voting steps, as in Tendermint:
 
-1. at most one vote per (J, r)                      -> no two QCs in one round;
-2. nothing after a QC for J is known                -> the lock of DESIGN section 7;
-3. only the provider of its latest vote for J, unless ``is_lock_released``
-                                                    -> no two QCs across rounds.
+- the leader's **proposal** is its own ``AssignPrevote(J, r, P)``, carrying the
+  highest ``PrepareQC`` it knows as justification (``justify``);
+- a checker **prevotes** P if ``may_prevote`` holds and sends it to the leader;
+- >= 2/3 of stake prevoting P in r is a ``PrepareQC(J, r, P)``, which the leader
+  gossips; a checker that sees it **precommits**: it signs ``AssignVote(J, r, P)``
+  (the on-chain vote) if ``may_precommit`` holds, and is then *locked* on (P, r);
+- >= 2/3 of stake precommitting is the ``AssignQC`` the chain and the provider check.
 
-Rule 3 is needed: rules 1-2 alone let a QC for A form in round r unseen (a Byzantine
-checker withholds the last vote) while honest checkers sign B in round r+1.
+Votes go to the leader only (linear messages); the leader gossips the two certificates.
 
-Safety argument (n checkers, Byzantine stake B < T/3, quorum Q >= 2T/3):
-- Let r_A be the lowest round with a QC, for provider A, and H_A its honest signers:
-  stake(H_A) >= 2T/3 - B > T/3.
-- A member of H_A signs another provider only after a release: a quorum V of round-r'
-  votes (r' >= its lock round >= r_A), none for A. V and H_A overlap in stake
-  >= 2T/3 + (2T/3 - B) - T > 0, and the first H_A member to switch would find an
-  H_A member in V who voted A in round r'. Contradiction: H_A never switches.
-- So any later QC for B != A gets signers only outside H_A: stake <= T - stake(H_A)
-  <= T/3 + B < 2T/3. No second QC for J exists.
+The rules (``Lock`` is a checker's own history for J, kept durable by ``VoteStore``):
 
-Liveness: honest leaders propose the deterministic scheduler's choice (the same for
-all), or their locked provider; with f crashed of n = 3f+1, the leader order reaches
-an honest leader within f+1 rounds and round timeouts grow until messages arrive in
-time. A Byzantine leader that splits honest votes across providers is undone by the
-release rule once a quorum has voted in that round.
+1. rounds only go forward: no vote in a round below one already voted in;
+2. at most one prevote and one precommit per (J, r), no prevote after the precommit;
+3. nothing after a QC for J is known (DESIGN section 7);
+4. precommit P in r only with a PrepareQC(J, r, P);
+5. prevote only the locked provider, unless the proposal's justify is a PrepareQC for
+   its provider from a round >= the lock's round.
+
+Safety (Byzantine stake B < T/3, quorum >= 2T/3): let r0 be the lowest round with an
+AssignQC, for A, and H its honest signers: stake(H) >= 2T/3 - B > T/3.
+- No PrepareQC for another provider in r0: two polkas in one round overlap in an
+  honest checker who prevoted twice (rule 2).
+- Let r > r0 be the lowest round with a PrepareQC for some X != A. Its prevoters
+  (>= 2T/3) overlap H (> T/3) in some h. By rules 1-2 h prevoted in r after its
+  precommit in r0 and before any precommit in r, so its lock then was a PrepareQC of a
+  round in [r0, r): for A. By rule 5 h
+  prevoted X only with a justify PrepareQC(X, r') with lock round <= r' < r: none
+  exists. So every PrepareQC from r0 on is for A.
+- An AssignQC for B != A in r > r0 needs an honest precommit (2T/3 > B), which needs
+  PrepareQC(B, r) (rule 4): none. In r0 itself, a second AssignQC needs an honest
+  double precommit (rule 2). One provider per job.
+
+Liveness (after the network settles): a checker whose round times out sends its
+highest known PrepareQC to the next leader; a leader of round r > 0 waits
+``propose_wait(r)`` before proposing, so its justify is at least every honest lock
+and every honest checker can prevote its proposal (rule 5). The Byzantine split that
+stalled the one-step protocol (an equivocating leader splitting honest locks while
+Byzantine voters withhold) cannot stall this one: locks move to a later polka.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Any
 
 from eth_utils import keccak, to_canonical_address
 
 from node.consensus.checkers import CheckerSet
-from node.consensus.qc import has_quorum
 
 ROUND_TIMEOUT_SECONDS = 2.0
 # Timeouts double each round up to this factor (partial synchrony: eventually long enough).
 ROUND_TIMEOUT_MAX_FACTOR = 8
-# A provider signed by >= 1/VOUCH_DENOMINATOR of stake is acceptable to every voter.
-VOUCH_DENOMINATOR = 3
+# A leader of round r > 0 waits round_timeout(r) / PROPOSE_WAIT_DIVISOR before proposing.
+PROPOSE_WAIT_DIVISOR = 4
 
 
 @dataclass(frozen=True)
 class Lock:
     """A checker's own voting history for one job (persisted by ``VoteStore``)."""
 
-    provider: str | None = None  # provider of the latest vote, None if never voted
-    round: int = -1  # round of the latest vote
-    signed_rounds: frozenset[int] = frozenset()
+    provider: str | None = None  # provider of the latest precommit (the lock), None if none
+    round: int = -1  # round of the latest precommit (the PrepareQC it is locked on)
+    precommitted: frozenset[int] = frozenset()  # rounds with an own AssignVote
+    prevoted: frozenset[int] = frozenset()  # rounds with an own AssignPrevote
     qc_seen: bool = False
+
+    @property
+    def last_round(self) -> int:
+        """The highest round this checker voted in (-1 if none): rule 1's floor."""
+        return max(self.round, max(self.prevoted, default=-1))
 
 
 NO_LOCK = Lock()
@@ -85,90 +105,76 @@ def round_timeout(round_: int, base: float = ROUND_TIMEOUT_SECONDS) -> float:
     return base * min(2**round_, ROUND_TIMEOUT_MAX_FACTOR)
 
 
-def record_own_vote(lock: Lock, round_: int, provider: str) -> Lock:
-    """The lock after signing (J, round_, provider)."""
-    latest = round_ >= lock.round
-    return Lock(
-        provider=provider if latest else lock.provider,
-        round=max(round_, lock.round),
-        signed_rounds=lock.signed_rounds | {round_},
-        qc_seen=lock.qc_seen,
-    )
+def propose_wait(round_: int, base: float = ROUND_TIMEOUT_SECONDS) -> float:
+    """How long the leader of round ``round_`` > 0 collects other checkers' PrepareQCs
+    (sent when their previous round timed out) before proposing. Round 0 has no locks."""
+    return 0.0 if round_ == 0 else round_timeout(round_, base) / PROPOSE_WAIT_DIVISOR
 
 
-def record_qc_seen(lock: Lock) -> Lock:
-    return Lock(lock.provider, lock.round, lock.signed_rounds, qc_seen=True)
+def may_prevote(lock: Lock, round_: int, provider: str, justify_round: int | None = None) -> bool:
+    """The prevote rule: may this checker prevote (J, round_, provider) now?
 
-
-def is_lock_released(
-    lock: Lock, round_votes: Mapping[int, Mapping[str, Set[str]]], checkers: CheckerSet
-) -> bool:
-    """Some round r' >= lock.round has a quorum of signers who voted for other providers.
-
-    ``round_votes[r][signer]`` is the set of providers ``signer`` signed in round r
-    (more than one only for an equivocator). Such a quorum proves no QC for the locked
-    provider can exist (see the module docstring), so switching is safe.
+    ``justify_round`` is the round of the proposal's PrepareQC for ``provider`` (already
+    verified), or None if the proposal has none.
     """
-    if lock.provider is None:
-        return True
-    for r, by_signer in round_votes.items():
-        if r < lock.round:
-            continue
-        others = [s for s, provs in by_signer.items() if any(p != lock.provider for p in provs)]
-        if has_quorum(checkers.stake_of_all(others), checkers.total_stake):
-            return True
-    return False
-
-
-def may_sign_assignment(lock: Lock, round_: int, provider: str, released: bool) -> bool:
-    """The vote rule: may this checker sign AssignVote(J, round_, provider) now?"""
-    # At most one vote per (job, round)
-    if round_ in lock.signed_rounds:
+    # Rounds only go forward
+    if round_ < lock.last_round:
+        return False
+    # At most one prevote per (job, round), and none after precommitting in it
+    if round_ in lock.prevoted or round_ in lock.precommitted:
         return False
     # After seeing a QC for the job, sign nothing else for it
     if lock.qc_seen:
         return False
-    # Only the provider of my latest vote, unless a later quorum proved it cannot win
-    return lock.provider is None or lock.provider == provider or released
+    # Only the locked provider, unless a polka from the lock's round or later justifies another
+    return (
+        lock.provider is None
+        or lock.provider == provider
+        or (justify_round is not None and lock.round <= justify_round < round_)
+    )
 
 
-def is_vouched(
-    provider: str, round_votes: Mapping[int, Mapping[str, Set[str]]], checkers: CheckerSet
-) -> bool:
-    """Checkers with >= 1/3 of stake signed ``provider`` for this job (in any round).
-
-    More than the Byzantine stake, so some honest checker found it eligible: a voter whose
-    own (stale) provider view disagrees may follow it rather than split the vote.
-    """
-    signers = {
-        s for by_signer in round_votes.values() for s, ps in by_signer.items() if provider in ps
-    }
-    return VOUCH_DENOMINATOR * checkers.stake_of_all(signers) >= checkers.total_stake
-
-
-def adopted_provider(
-    round_votes: Mapping[int, Mapping[str, Set[str]]], checkers: CheckerSet, job_id: int
-) -> str | None:
-    """The provider with the most stake among checkers' latest votes (ties by hash), if any."""
-    latest: dict[str, tuple[int, Set[str]]] = {}
-    for r, by_signer in round_votes.items():
-        for signer, providers in by_signer.items():
-            if signer not in latest or r > latest[signer][0]:
-                latest[signer] = (r, providers)
-    weight: dict[str, int] = {}
-    for signer, (_, providers) in latest.items():
-        for p in providers:
-            weight[p] = weight.get(p, 0) + checkers.stake_of(signer)
-    if not weight:
-        return None
-    return min(weight, key=lambda p: (-weight[p], leader_rank(job_id, p)))
+def may_precommit(lock: Lock, round_: int) -> bool:
+    """The precommit rule, given a verified PrepareQC(J, round_, P): may this checker sign
+    the on-chain AssignVote(J, round_, P) now?"""
+    # Rounds only go forward (no precommit in a round below a prevote already sent)
+    if round_ < lock.last_round:
+        return False
+    # At most one precommit per (job, round)
+    if round_ in lock.precommitted:
+        return False
+    # After seeing a QC for the job, sign nothing else for it
+    return not lock.qc_seen
 
 
-def proposal_for(
-    lock: Lock, released: bool, scheduled: str | None, adopted: str | None = None
-) -> str | None:
-    """What a leader proposes: its locked provider if still bound; else the provider others
-    already voted for most (if acceptable to it), so votes converge; else the scheduler's."""
-    if lock.provider is not None and not released:
-        return lock.provider
-    return adopted or scheduled
+def record_prevote(lock: Lock, round_: int) -> Lock:
+    return replace(lock, prevoted=lock.prevoted | {round_})
+
+
+def record_precommit(lock: Lock, round_: int, provider: str) -> Lock:
+    """The lock after precommitting (J, round_, provider): rounds only go forward, so the
+    latest precommit is the highest-round PrepareQC this checker is locked on."""
+    latest = round_ >= lock.round
+    return replace(
+        lock,
+        provider=provider if latest else lock.provider,
+        round=max(round_, lock.round),
+        precommitted=lock.precommitted | {round_},
+    )
+
+
+def record_qc_seen(lock: Lock) -> Lock:
+    return replace(lock, qc_seen=True)
+
+
+def higher_justify(a: Any, b: Any) -> Any:
+    """The PrepareQC of the higher round (either may be None); ties keep ``a``."""
+    if b is None or (a is not None and a.round >= b.round):
+        return a
+    return b
+
+
+def proposal_for(high_qc_provider: str | None, scheduled: str | None) -> str | None:
+    """What a leader proposes: the provider of the highest PrepareQC it knows (which
+    every honest lock allows, see the module docstring), else the scheduler's choice."""
+    return high_qc_provider or scheduled

@@ -60,7 +60,7 @@ def run_sim_consensus(args: argparse.Namespace) -> int:
             f"safety_violations={report['safety_violations']} "
             f"liveness_failures={report['liveness_failures']} "
             f"evidence_missed={report['evidence_missed']} "
-            f"byzantine_stalls={report['byzantine_stalls']}"
+            f"stalled_jobs={report['stalled_jobs']}"
         )
     bad = report["safety_violations"] or report["liveness_failures"] or report["evidence_missed"]
     return 1 if bad else 0

@@ -1,16 +1,25 @@
 """The assignment state machine: the rules of ``assignment`` with memory, and no I/O.
 
-An engine (gossip, timers, chain) is a thin loop around one ``AssignmentMachine``:
-feed it what arrives (``on_job``, ``on_vote``, ``on_qc``, ``on_timeout``) and carry out
-what it returns:
+An engine (gossip, streams, timers, chain) is a thin loop around one
+``AssignmentMachine``: feed it what arrives and carry out what it returns.
 
-- ``Broadcast(message)``: gossip a ``SignedAssignVote`` or ``AssignQC`` on ``assign/1``;
-- ``StartTimer(job_id, round, seconds)``: call ``on_timeout(job_id, round)`` later;
+Inputs: ``start_job`` (JobCreated / JobReassigned / open after a restart),
+``on_message`` (any of ``Proposal``, ``SignedPrevote``, ``PrepareQC``,
+``SignedAssignVote``, ``AssignQC``), ``on_timeout`` / ``on_propose_timeout`` (when a
+``StartTimer`` fires), ``refresh_view``, ``forget``.
+
+Outputs:
+
+- ``Broadcast(message)``: gossip a ``Proposal``, ``PrepareQC`` or ``AssignQC``;
+- ``Send(to, message)``: deliver a ``SignedPrevote``, ``SignedAssignVote`` (precommit)
+  or ``PrepareQC`` (at a round change) to checker ``to`` only, normally the leader;
+- ``StartTimer(job_id, round, seconds, propose)``: call ``on_propose_timeout`` (if
+  ``propose``) or ``on_timeout`` later;
 - ``Decided(qc)``: the job has a valid QC: send it to the provider and the chain;
-- ``Slash(evidence)``: a checker equivocated: submit the evidence.
+- ``Slash(evidence)``: a checker signed two AssignVotes in one round: submit it.
 
-Every own signature is committed to the ``VoteStore`` before the ``Broadcast`` that
-carries it is returned, so a crash between the two cannot lead to a conflicting vote.
+Every own signature is committed to the ``VoteStore`` before the output that carries it
+is returned, so a crash between the two cannot lead to a conflicting vote.
 """
 
 from __future__ import annotations
@@ -24,22 +33,38 @@ from node.consensus.evidence import Evidence, EvidencePool
 from node.consensus.qc import (
     AssignQC,
     InvalidVote,
+    PrepareQC,
+    Proposal,
     SignedAssignVote,
+    SignedPrevote,
     build_assign_qc,
+    build_prepare_qc,
     has_quorum,
     sign_assign_vote,
+    sign_prevote,
     verify_assign_qc,
     verify_assign_vote,
+    verify_prepare_qc,
+    verify_prevote,
+    verify_proposal,
 )
 from node.consensus.scheduler import JobSpec, ProviderInfo, choose_provider, is_eligible_provider
 from node.consensus.store import VoteStore
 from node.eip712 import Domain
 from node.identity import Identity
 
+Message = Proposal | SignedPrevote | PrepareQC | SignedAssignVote | AssignQC
+
 
 @dataclass(frozen=True)
 class Broadcast:
-    message: SignedAssignVote | AssignQC
+    message: Proposal | PrepareQC | AssignQC
+
+
+@dataclass(frozen=True)
+class Send:
+    to: str  # checker address
+    message: SignedPrevote | SignedAssignVote | PrepareQC
 
 
 @dataclass(frozen=True)
@@ -47,6 +72,7 @@ class StartTimer:
     job_id: int
     round: int
     seconds: float
+    propose: bool = False  # the leader's wait before proposing, not the round timeout
 
 
 @dataclass(frozen=True)
@@ -59,7 +85,7 @@ class Slash:
     evidence: Evidence
 
 
-Output = Broadcast | StartTimer | Decided | Slash
+Output = Broadcast | Send | StartTimer | Decided | Slash
 
 
 @dataclass
@@ -69,11 +95,12 @@ class JobState:
     epoch: int = 0
     round: int = 0
     lock: rules.Lock = rules.NO_LOCK
-    # (round, provider) -> {signer: signature}: every verified vote
-    tally: dict[tuple[int, str], dict[str, bytes]] = field(default_factory=dict)
-    # round -> signer -> providers signed (for the lock-release rule)
-    round_votes: dict[int, dict[str, set[str]]] = field(default_factory=dict)
-    proposals: dict[int, SignedAssignVote] = field(default_factory=dict)
+    high_qc: PrepareQC | None = None  # the highest-round PrepareQC known (justify / NewView)
+    proposals: dict[int, Proposal] = field(default_factory=dict)  # first valid one per round
+    prepared: dict[int, PrepareQC] = field(default_factory=dict)  # round -> a PrepareQC
+    # (round, provider) -> {signer: signature}, verified; prevotes only as that round's leader
+    prevotes: dict[tuple[int, str], dict[str, bytes]] = field(default_factory=dict)
+    precommits: dict[tuple[int, str], dict[str, bytes]] = field(default_factory=dict)
     qc: AssignQC | None = None
 
 
@@ -98,30 +125,114 @@ class AssignmentMachine:
         self.jobs: dict[int, JobState] = {}
         self.evidence = EvidencePool()
         self.rejected = 0  # invalid messages dropped (metric)
+        self.equivocating_proposals = 0  # a leader's second, different proposal (metric)
 
     # inputs -------------------------------------------------------------------
 
-    def on_job(self, spec: JobSpec, providers: Sequence[ProviderInfo], epoch: int) -> list[Output]:
-        """A JobCreated event, with the provider view (as of the job's creation) to schedule over."""
+    def start_job(
+        self,
+        spec: JobSpec,
+        providers: Sequence[ProviderInfo],
+        epoch: int,
+        first_round: int = 0,
+    ) -> list[Output]:
+        """An open job, with the provider view (as of its creation) to schedule over.
+
+        ``first_round`` is the chain's round for a reopened job (rounds below it are
+        closed). Idempotent. After a restart the lock comes from the store: the machine
+        resumes at its last voted round and re-sends its latest precommit (same signature).
+        """
         job = self._job(spec.job_id)
         if job.spec is not None:
             return []
         job.spec, job.providers, job.epoch = spec, tuple(providers), epoch
         if job.qc is not None:
             return []
-        job.round = max(job.round, job.lock.round, 0)
+        job.round = max(job.round, first_round, job.lock.last_round, 0)
         out = self._enter_round(spec.job_id, job)
-        out += self._rebroadcast_own_vote(spec.job_id, job)
+        out += self._resend_own_precommit(spec.job_id, job)
         return out
 
+    def on_job(self, spec: JobSpec, providers: Sequence[ProviderInfo], epoch: int) -> list[Output]:
+        """A JobCreated event (``start_job`` from round 0)."""
+        return self.start_job(spec, providers, epoch)
+
+    def refresh_view(self, job_id: int, providers: Sequence[ProviderInfo], epoch: int) -> None:
+        """Newer provider table for an undecided job (used by later proposals)."""
+        job = self.jobs.get(job_id)
+        if job is not None and job.spec is not None and job.qc is None:
+            job.providers, job.epoch = tuple(providers), epoch
+
+    def on_message(self, msg: Message) -> list[Output]:
+        if isinstance(msg, Proposal):
+            return self.on_proposal(msg)
+        if isinstance(msg, SignedPrevote):
+            return self.on_prevote(msg)
+        if isinstance(msg, PrepareQC):
+            return self.on_prepare_qc(msg)
+        if isinstance(msg, SignedAssignVote):
+            return self.on_vote(msg)
+        return self.on_qc(msg)
+
+    def on_proposal(self, proposal: Proposal) -> list[Output]:
+        """The leader's prevote (plus justification) for its round."""
+        job_id, round_ = proposal.job_id, proposal.round
+        try:
+            # The proposal is signed by the leader of its (job, round)
+            if not rules.is_proposal(self.checkers, job_id, round_, proposal.prevote.signer):
+                raise InvalidVote("not the round's leader")
+            verify_proposal(self.domain, self.checkers, proposal)
+        except InvalidVote:
+            self.rejected += 1
+            return []
+        job = self._job(job_id)
+        out: list[Output] = []
+        if proposal.justify is not None:
+            out += self._learn_prepare(job_id, job, proposal.justify)
+        known = job.proposals.get(round_)
+        if known is not None:
+            if known.provider != proposal.provider:
+                self.equivocating_proposals += 1
+            return out
+        job.proposals[round_] = proposal
+        if job.spec is None or job.qc is not None:
+            return out
+        if round_ == job.round + 1 and self._signable(job, proposal):
+            # Our round timer runs a little behind the leader's: catch up one round.
+            out += self._advance(job_id, job, round_)
+        return out + self._consider_proposal(job_id, job, round_)
+
+    def on_prevote(self, vote: SignedPrevote) -> list[Output]:
+        """A prevote sent to us; only the leader of its round collects them."""
+        try:
+            verify_prevote(self.domain, self.checkers, vote)
+        except InvalidVote:
+            self.rejected += 1
+            return []
+        if rules.get_leader(self.checkers, vote.job_id, vote.round) != self.address:
+            return []
+        return self._add_prevote(vote.job_id, self._job(vote.job_id), vote)
+
+    def on_prepare_qc(self, qc: PrepareQC) -> list[Output]:
+        """A polka (gossiped by a leader, or sent to us as the next leader)."""
+        job = self._job(qc.job_id)
+        if job.prepared.get(qc.round) == qc:
+            return []
+        try:
+            verify_prepare_qc(self.domain, self.checkers, qc)
+        except (InvalidVote, ValueError):
+            self.rejected += 1
+            return []
+        return self._learn_prepare(qc.job_id, job, qc)
+
     def on_vote(self, vote: SignedAssignVote) -> list[Output]:
-        """A gossiped vote (a leader's vote is also its proposal)."""
+        """A precommit (the on-chain AssignVote) sent to us."""
         try:
             verify_assign_vote(self.domain, self.checkers, vote)
         except InvalidVote:
             self.rejected += 1
             return []
-        return self._add_vote(vote)
+        return self._add_precommit(vote.job_id, self._job(vote.job_id), vote)
 
     def on_qc(self, qc: AssignQC) -> list[Output]:
         job = self._job(qc.job_id)
@@ -135,12 +246,23 @@ class AssignmentMachine:
         return self._decide(qc.job_id, job, qc)
 
     def on_timeout(self, job_id: int, round_: int) -> list[Output]:
-        """Round ``round_`` of ``job_id`` ended without a QC: move to the next leader."""
+        """Round ``round_`` of ``job_id`` ended without a QC: move to the next leader,
+        handing it our highest PrepareQC (the "new view") so it can justify its proposal."""
         job = self.jobs.get(job_id)
         if job is None or job.spec is None or job.qc is not None or round_ != job.round:
             return []
-        job.round = round_ + 1
-        return self._enter_round(job_id, job)
+        out: list[Output] = []
+        next_leader = rules.get_leader(self.checkers, job_id, round_ + 1)
+        if job.high_qc is not None and next_leader != self.address:
+            out.append(Send(next_leader, job.high_qc))
+        return out + self._advance(job_id, job, round_ + 1)
+
+    def on_propose_timeout(self, job_id: int, round_: int) -> list[Output]:
+        """The leader's wait for new views of ``round_`` is over: propose."""
+        job = self.jobs.get(job_id)
+        if job is None or job.spec is None or job.qc is not None or round_ != job.round:
+            return []
+        return self._propose(job_id, job)
 
     def forget(self, job_id: int) -> None:
         """Drop a finished job's in-memory state (assigned on chain, closed or refunded).
@@ -165,81 +287,145 @@ class AssignmentMachine:
                 job.lock = self.store.assign_lock(job_id)
         return job
 
-    def _enter_round(self, job_id: int, job: JobState) -> list[Output]:
-        out: list[Output] = [
-            StartTimer(job_id, job.round, rules.round_timeout(job.round, self.timeout_base))
-        ]
-        if rules.get_leader(self.checkers, job_id, job.round) == self.address:
-            out += self._propose(job_id, job)
-        else:
-            out += self._consider(job_id, job, job.round)
-        return out
+    def _leader(self, job_id: int, round_: int) -> str:
+        return rules.get_leader(self.checkers, job_id, round_)
 
-    def _released(self, job: JobState) -> bool:
-        return rules.is_lock_released(job.lock, job.round_votes, self.checkers)
+    def _advance(self, job_id: int, job: JobState, round_: int) -> list[Output]:
+        job.round = round_
+        return self._enter_round(job_id, job)
+
+    def _enter_round(self, job_id: int, job: JobState) -> list[Output]:
+        r = job.round
+        out: list[Output] = [StartTimer(job_id, r, rules.round_timeout(r, self.timeout_base))]
+        if self._leader(job_id, r) == self.address:
+            wait = rules.propose_wait(r, self.timeout_base)
+            if wait > 0:
+                out.append(StartTimer(job_id, r, wait, propose=True))
+            else:
+                out += self._propose(job_id, job)
+        else:
+            out += self._consider_proposal(job_id, job, r)
+        prepared = job.prepared.get(r)
+        if prepared is not None:
+            out += self._precommit(job_id, job, prepared)
+        return out
 
     def _propose(self, job_id: int, job: JobState) -> list[Output]:
         assert job.spec is not None
+        r = job.round
+        high = job.high_qc if job.high_qc is not None and job.high_qc.round < r else None
         scheduled = choose_provider(job.spec, job.providers, job.epoch)
-        adopted = rules.adopted_provider(job.round_votes, self.checkers, job_id)
-        if adopted is not None and not self._acceptable(job, adopted):
-            adopted = None
-        provider = rules.proposal_for(job.lock, self._released(job), scheduled, adopted)
+        provider = rules.proposal_for(high.provider if high else None, scheduled)
         if provider is None:
             return []
-        return self._sign(job_id, job, job.round, provider)
+        vote = self._sign_prevote(job_id, job, r, provider, high)
+        if vote is None:
+            return []
+        proposal = Proposal(vote, high)
+        job.proposals.setdefault(r, proposal)
+        return [Broadcast(proposal), *self._add_prevote(job_id, job, vote)]
 
-    def _consider(self, job_id: int, job: JobState, round_: int) -> list[Output]:
-        """Sign the leader's proposal for ``round_`` if the vote rule allows it."""
+    def _signable(self, job: JobState, proposal: Proposal) -> bool:
+        """The prevote rule, plus: the provider is eligible in our view or justified."""
+        j = proposal.justify
+        if j is None and not self._eligible(job, proposal.provider):
+            return False
+        return rules.may_prevote(
+            job.lock, proposal.round, proposal.provider, j.round if j else None
+        )
+
+    def _consider_proposal(self, job_id: int, job: JobState, round_: int) -> list[Output]:
+        """Prevote the leader's proposal for ``round_`` if the rules allow it."""
         proposal = job.proposals.get(round_)
-        if proposal is None or job.spec is None or job.qc is not None or round_ < job.round:
+        if proposal is None or job.spec is None or job.qc is not None or round_ != job.round:
             return []
-        provider = proposal.provider
-        eligible = provider == job.lock.provider or self._acceptable(job, provider)
-        if not eligible:
+        if not self._signable(job, proposal):
             return []
-        if not rules.may_sign_assignment(job.lock, round_, provider, self._released(job)):
+        vote = self._sign_prevote(job_id, job, round_, proposal.provider, proposal.justify)
+        if vote is None:
             return []
-        out: list[Output] = []
-        if round_ > job.round:  # a valid proposal from a later round: catch up
-            job.round = round_
-            out.append(StartTimer(job_id, round_, rules.round_timeout(round_, self.timeout_base)))
-        return out + self._sign(job_id, job, round_, provider)
+        return self._send(job_id, job, self._leader(job_id, round_), vote)
 
-    def _acceptable(self, job: JobState, provider: str) -> bool:
-        """Eligible in this checker's view, or vouched for by >= 1/3 of stake."""
+    def _eligible(self, job: JobState, provider: str) -> bool:
+        """Eligible in this checker's view. (A justified provider needs no such check: it
+        had prevotes of >= 2/3 of stake, so some honest checker found it eligible.)"""
         assert job.spec is not None
         known = [p for p in job.providers if p.address == provider]
-        if known and is_eligible_provider(job.spec, known[0], job.epoch):
-            return True
-        return rules.is_vouched(provider, job.round_votes, self.checkers)
+        return bool(known) and is_eligible_provider(job.spec, known[0], job.epoch)
 
-    def _sign(self, job_id: int, job: JobState, round_: int, provider: str) -> list[Output]:
-        if not rules.may_sign_assignment(job.lock, round_, provider, self._released(job)):
-            return []
-        vote = sign_assign_vote(self.identity, self.domain, job_id, round_, provider)
+    def _sign_prevote(
+        self, job_id: int, job: JobState, round_: int, provider: str, justify: PrepareQC | None
+    ) -> SignedPrevote | None:
+        if not rules.may_prevote(job.lock, round_, provider, justify.round if justify else None):
+            return None
+        vote = sign_prevote(self.identity, self.domain, job_id, round_, provider)
         if self.store is not None:  # durable BEFORE the signature leaves the machine
-            self.store.record_assign_vote(job_id, round_, provider, vote.signature)
-        job.lock = rules.record_own_vote(job.lock, round_, provider)
-        return [Broadcast(vote), *self._add_vote(vote)]
+            self.store.record_assign_prevote(job_id, round_, provider, vote.signature)
+        job.lock = rules.record_prevote(job.lock, round_)
+        return vote
 
-    def _rebroadcast_own_vote(self, job_id: int, job: JobState) -> list[Output]:
-        """After a restart, re-send the latest stored vote (same signature: not a new vote)."""
+    def _add_prevote(self, job_id: int, job: JobState, vote: SignedPrevote) -> list[Output]:
+        signers = job.prevotes.setdefault((vote.round, vote.provider), {})
+        if vote.signer in signers:
+            return []
+        signers[vote.signer] = vote.signature
+        if vote.round in job.prepared or job.qc is not None:
+            return []
+        if not has_quorum(self.checkers.stake_of_all(signers), self.checkers.total_stake):
+            return []
+        qc = build_prepare_qc(
+            self.domain, self.checkers, job_id, vote.round, vote.provider, signers
+        )
+        if qc is None:
+            return []
+        return [Broadcast(qc), *self._learn_prepare(job_id, job, qc)]
+
+    def _learn_prepare(self, job_id: int, job: JobState, qc: PrepareQC) -> list[Output]:
+        job.high_qc = rules.higher_justify(job.high_qc, qc)
+        job.prepared.setdefault(qc.round, qc)
+        if job.spec is None or job.qc is not None:
+            return []
+        out: list[Output] = []
+        if qc.round > job.round:  # >= 2/3 of stake prevoted there: catch up
+            out += self._advance(job_id, job, qc.round)
+            return out  # entering the round precommits on the known PrepareQC
+        if qc.round == job.round:
+            out += self._precommit(job_id, job, qc)
+        return out
+
+    def _precommit(self, job_id: int, job: JobState, qc: PrepareQC) -> list[Output]:
+        if not rules.may_precommit(job.lock, qc.round):
+            return []
+        vote = sign_assign_vote(self.identity, self.domain, job_id, qc.round, qc.provider)
+        if self.store is not None:  # durable BEFORE the signature leaves the machine
+            self.store.record_assign_vote(job_id, qc.round, qc.provider, vote.signature)
+        job.lock = rules.record_precommit(job.lock, qc.round, qc.provider)
+        return self._send(job_id, job, self._leader(job_id, qc.round), vote)
+
+    def _send(
+        self, job_id: int, job: JobState, to: str, vote: SignedPrevote | SignedAssignVote
+    ) -> list[Output]:
+        if to != self.address:
+            return [Send(to, vote)]
+        if isinstance(vote, SignedPrevote):
+            return self._add_prevote(job_id, job, vote)
+        return self._add_precommit(job_id, job, vote)
+
+    def _resend_own_precommit(self, job_id: int, job: JobState) -> list[Output]:
+        """After a restart, re-send the latest stored precommit (same signature: not a new vote)."""
         if self.store is None or job.lock.provider is None:
             return []
         latest = self.store.assign_votes(job_id)[-1]
         vote = SignedAssignVote(
             job_id, latest.round, latest.provider, self.address, latest.signature
         )
-        return [Broadcast(vote), *self._add_vote(vote)]
+        return self._send(job_id, job, self._leader(job_id, latest.round), vote)
 
-    def _add_vote(self, vote: SignedAssignVote) -> list[Output]:
-        job = self._job(vote.job_id)
-        signers = job.tally.setdefault((vote.round, vote.provider), {})
+    def _add_precommit(self, job_id: int, job: JobState, vote: SignedAssignVote) -> list[Output]:
+        signers = job.precommits.setdefault((vote.round, vote.provider), {})
         if vote.signer in signers:
             return []
         signers[vote.signer] = vote.signature
-        job.round_votes.setdefault(vote.round, {}).setdefault(vote.signer, set()).add(vote.provider)
         out: list[Output] = []
         evidence = self.evidence.add_assign(vote)
         if evidence is not None:
@@ -248,16 +434,11 @@ class AssignmentMachine:
             return out
         if has_quorum(self.checkers.stake_of_all(signers), self.checkers.total_stake):
             qc = build_assign_qc(
-                self.domain, self.checkers, vote.job_id, vote.round, vote.provider, signers
+                self.domain, self.checkers, job_id, vote.round, vote.provider, signers
             )
             if qc is not None:
-                return out + self._decide(vote.job_id, job, qc)
-        round_ = job.round
-        if rules.is_proposal(self.checkers, vote.job_id, vote.round, vote.signer):
-            job.proposals.setdefault(vote.round, vote)
-            round_ = max(round_, vote.round)
-        # A new vote may be the proposal we waited for, or may release our lock.
-        return out + self._consider(vote.job_id, job, round_)
+                out += self._decide(job_id, job, qc)
+        return out
 
     def _decide(self, job_id: int, job: JobState, qc: AssignQC) -> list[Output]:
         job.qc = qc

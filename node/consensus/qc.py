@@ -50,6 +50,7 @@ def has_quorum(signed_stake: int, total_stake: int) -> bool:
 # the simulation) check each (digest, signature) pair once however often it is relayed.
 assign_digest = lru_cache(maxsize=RECOVER_CACHE_SIZE)(votes.assign_digest)
 popw_digest = lru_cache(maxsize=RECOVER_CACHE_SIZE)(votes.popw_digest)
+prevote_digest = lru_cache(maxsize=RECOVER_CACHE_SIZE)(votes.prevote_digest)
 
 
 @lru_cache(maxsize=RECOVER_CACHE_SIZE)
@@ -70,7 +71,8 @@ def recover_signer(digest: bytes, signature: bytes) -> str | None:
 class SignedAssignVote:
     """``signer`` says: job ``job_id`` in round ``round`` goes to ``provider``.
 
-    The round leader's own vote is its proposal; there is no separate proposal message.
+    The on-chain vote: a checker's precommit, signed only on a PrepareQC for the same
+    (job, round, provider) (``assignment.may_precommit``).
     """
 
     job_id: int
@@ -175,6 +177,120 @@ def build_assign_qc(
         return None
     ordered = tuple(good[s] for s in sorted(good, key=str.lower))
     return AssignQC(job_id, round_, provider, ordered)
+
+
+# Prevotes and prepare certificates (off-chain) -----------------------------------
+
+
+@dataclass(frozen=True)
+class SignedPrevote:
+    """``signer`` prevotes: job ``job_id`` in round ``round`` should go to ``provider``."""
+
+    job_id: int
+    round: int
+    provider: str
+    signer: str
+    signature: bytes
+
+    def digest(self, domain: Domain) -> bytes:
+        return prevote_digest(domain, self.job_id, self.round, self.provider)
+
+
+@dataclass(frozen=True)
+class PrepareQC:
+    """>= 2/3 of checker stake prevoted (job_id, round, provider): a "polka".
+
+    Checkers lock on it: they sign the on-chain ``AssignVote`` only for a round and
+    provider with a PrepareQC, and a later proposal may carry one as its justification.
+    """
+
+    job_id: int
+    round: int
+    provider: str
+    signatures: tuple[bytes, ...]
+
+    def digest(self, domain: Domain) -> bytes:
+        return prevote_digest(domain, self.job_id, self.round, self.provider)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """The round leader's own prevote, plus the PrepareQC that justifies its provider
+    (None when the leader knows of no PrepareQC for the job)."""
+
+    prevote: SignedPrevote
+    justify: PrepareQC | None = None
+
+    @property
+    def job_id(self) -> int:
+        return self.prevote.job_id
+
+    @property
+    def round(self) -> int:
+        return self.prevote.round
+
+    @property
+    def provider(self) -> str:
+        return self.prevote.provider
+
+
+def sign_prevote(
+    identity: Identity, domain: Domain, job_id: int, round_: int, provider: str
+) -> SignedPrevote:
+    digest = prevote_digest(domain, job_id, round_, provider)
+    return SignedPrevote(job_id, round_, provider, identity.address, votes.sign(identity, digest))
+
+
+def verify_prevote(domain: Domain, checkers: CheckerSet, vote: SignedPrevote) -> None:
+    """Raise InvalidVote unless ``vote`` is a checker's own prevote over its fields."""
+    # The signer is an active checker
+    require(vote.signer in checkers, "signer is not an active checker")
+    # The signature recovers to the signer under our domain and the prevote struct
+    require(recover_signer(vote.digest(domain), vote.signature) == vote.signer, "bad signature")
+
+
+def verify_prepare_qc(domain: Domain, checkers: CheckerSet, qc: PrepareQC) -> None:
+    """Raise InvalidVote unless ``qc`` holds prevotes of >= 2/3 of stake for its fields."""
+    # The certificate names a job, a round and a provider
+    require(qc.job_id >= 0 and qc.round >= 0, "negative job or round")
+    verify_quorum_signatures(qc.digest(domain), qc.signatures, checkers)
+
+
+def verify_proposal(domain: Domain, checkers: CheckerSet, proposal: Proposal) -> None:
+    """Raise InvalidVote unless ``proposal`` is the round leader's prevote, justified if
+    it carries a PrepareQC (the leader is checked by the caller: ``is_proposal``)."""
+    verify_prevote(domain, checkers, proposal.prevote)
+    j = proposal.justify
+    if j is not None:
+        # The justification is for the same job and provider
+        require((j.job_id, j.provider) == (proposal.job_id, proposal.provider), "foreign justify")
+        # ...from an earlier round
+        require(j.round < proposal.round, "justify not from an earlier round")
+        verify_prepare_qc(domain, checkers, j)
+
+
+def build_prepare_qc(
+    domain: Domain,
+    checkers: CheckerSet,
+    job_id: int,
+    round_: int,
+    provider: str,
+    signatures: dict[str, bytes],
+) -> PrepareQC | None:
+    """PrepareQC from ``{signer: signature}`` if the valid ones reach quorum, else None."""
+    digest = prevote_digest(domain, job_id, round_, provider)
+    good = _good_signatures(digest, checkers, signatures)
+    if not has_quorum(checkers.stake_of_all(good), checkers.total_stake):
+        return None
+    return PrepareQC(job_id, round_, provider, tuple(good[s] for s in sorted(good, key=str.lower)))
+
+
+def _good_signatures(digest: bytes, checkers: CheckerSet, signatures: dict[str, bytes]) -> dict:
+    return {
+        s: sig
+        for s, sig in signatures.items()
+        if s in checkers and recover_signer(digest, sig) == s
+    }
 
 
 # PoPW votes ----------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Durable record of this checker's own votes (SQLite, WAL, synchronous=FULL).
 
-A checker that restarts must never sign against a vote it already sent. So the engine
-calls ``record_assign_vote`` / ``record_popw_vote`` and only after it returns (the row
+A checker that restarts must never sign against a vote it already sent. So the machine
+calls ``record_assign_prevote`` / ``record_assign_vote`` / ``record_popw_vote`` and only after it returns (the row
 is committed and fsynced) lets the signature leave the process. The store itself
 refuses a second, different vote for the same (job, round) or (epoch, provider).
 """
@@ -16,6 +16,9 @@ from node.consensus.assignment import Lock
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS assign_votes (
+    job_id TEXT NOT NULL, round INTEGER NOT NULL, provider TEXT NOT NULL,
+    signature BLOB NOT NULL, PRIMARY KEY (job_id, round));
+CREATE TABLE IF NOT EXISTS assign_prevotes (
     job_id TEXT NOT NULL, round INTEGER NOT NULL, provider TEXT NOT NULL,
     signature BLOB NOT NULL, PRIMARY KEY (job_id, round));
 CREATE TABLE IF NOT EXISTS assign_qc_seen (job_id TEXT PRIMARY KEY, provider TEXT NOT NULL);
@@ -56,12 +59,23 @@ class VoteStore:
     # assignment votes -----------------------------------------------------
 
     def record_assign_vote(self, job_id: int, round_: int, provider: str, signature: bytes) -> None:
-        """Commit the vote; raise VoteConflict if (job, round) already has another provider."""
+        """Commit the precommit (AssignVote); VoteConflict if (job, round) has another provider."""
+        self._record_once("assign_votes", job_id, round_, provider, signature)
+
+    def record_assign_prevote(
+        self, job_id: int, round_: int, provider: str, signature: bytes
+    ) -> None:
+        """Commit the prevote; raise VoteConflict if (job, round) already has another provider."""
+        self._record_once("assign_prevotes", job_id, round_, provider, signature)
+
+    def _record_once(
+        self, table: str, job_id: int, round_: int, provider: str, signature: bytes
+    ) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             row = db.execute(
-                "SELECT provider FROM assign_votes WHERE job_id=? AND round=?",
+                f"SELECT provider FROM {table} WHERE job_id=? AND round=?",
                 (str(job_id), round_),
             ).fetchone()
             if row is not None:
@@ -70,7 +84,7 @@ class VoteStore:
                 db.execute("COMMIT")
                 return
             db.execute(
-                "INSERT INTO assign_votes VALUES (?,?,?,?)",
+                f"INSERT INTO {table} VALUES (?,?,?,?)",
                 (str(job_id), round_, provider, signature),
             )
             db.execute("COMMIT")
@@ -84,15 +98,23 @@ class VoteStore:
         )
 
     def assign_votes(self, job_id: int) -> list[StoredAssignVote]:
+        """Own precommits (AssignVotes) for the job, by round."""
+        return self._votes("assign_votes", job_id)
+
+    def assign_prevotes(self, job_id: int) -> list[StoredAssignVote]:
+        return self._votes("assign_prevotes", job_id)
+
+    def _votes(self, table: str, job_id: int) -> list[StoredAssignVote]:
         rows = self._db.execute(
-            "SELECT round, provider, signature FROM assign_votes WHERE job_id=? ORDER BY round",
+            f"SELECT round, provider, signature FROM {table} WHERE job_id=? ORDER BY round",
             (str(job_id),),
         ).fetchall()
         return [StoredAssignVote(job_id, r, p, bytes(s)) for r, p, s in rows]
 
     def assign_lock(self, job_id: int) -> Lock:
-        """The lock rebuilt from disk: latest vote, rounds signed, QC seen."""
+        """The lock rebuilt from disk: latest precommit, rounds voted in, QC seen."""
         lock_votes = self.assign_votes(job_id)
+        prevotes = self.assign_prevotes(job_id)
         qc = self._db.execute(
             "SELECT 1 FROM assign_qc_seen WHERE job_id=?", (str(job_id),)
         ).fetchone()
@@ -100,7 +122,8 @@ class VoteStore:
         return Lock(
             provider=latest.provider if latest else None,
             round=latest.round if latest else -1,
-            signed_rounds=frozenset(v.round for v in lock_votes),
+            precommitted=frozenset(v.round for v in lock_votes),
+            prevoted=frozenset(v.round for v in prevotes),
             qc_seen=qc is not None,
         )
 

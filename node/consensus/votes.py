@@ -1,6 +1,6 @@
 """Checker votes: the EIP-712 structs that checkers sign and contracts verify.
 
-These three structs are the whole on-chain surface of the quorum protocol. The Vyper
+AssignVote, PopwVote and FailureVote are the whole on-chain surface of the quorum protocol. The Vyper
 contracts rebuild exactly these type strings (see docs/CONTRACTS.md); changing a field
 here without changing the contracts breaks every certificate.
 
@@ -9,6 +9,9 @@ here without changing the contracts breaks every certificate.
   different provider.
 - ``PopwVote``: "in ``epoch``, ``provider`` got ``verdict`` for GPU class ``gpuClass``".
   Slashable equivocation: same (epoch, provider), different (verdict, gpuClass).
+- ``AssignPrevote``: same fields as ``AssignVote``; never sent to a contract. A checker
+  prevotes a round's proposal, and signs the ``AssignVote`` (the precommit) only after
+  seeing prevotes of >= 2/3 of stake for it (a ``PrepareQC``).
 - ``FailureVote``: "the provider of job ``jobId`` in ``round`` failed" (refund or
   reassignment path). Not an equivocation kind: a checker may certify a failure and
   later vote on the next round.
@@ -33,6 +36,11 @@ POPW_VOTE = StructType(
         ("gpuClass", "bytes32"),
     ),
 )
+# Off-chain only: the first of the two voting steps of an assignment round (docs/CONSENSUS.md).
+# A distinct struct name, so a prevote can never be replayed as an AssignVote.
+ASSIGN_PREVOTE = StructType(
+    "AssignPrevote", (("jobId", "uint256"), ("round", "uint256"), ("provider", "address"))
+)
 FAILURE_VOTE = StructType(
     "FailureVote", (("jobId", "uint256"), ("round", "uint256"), ("provider", "address"))
 )
@@ -54,6 +62,12 @@ def gpu_class_id(name: str) -> bytes:
 def assign_digest(domain: Domain, job_id: int, round_: int, provider: str) -> bytes:
     return signing_digest(
         domain, ASSIGN_VOTE, {"jobId": job_id, "round": round_, "provider": provider}
+    )
+
+
+def prevote_digest(domain: Domain, job_id: int, round_: int, provider: str) -> bytes:
+    return signing_digest(
+        domain, ASSIGN_PREVOTE, {"jobId": job_id, "round": round_, "provider": provider}
     )
 
 

@@ -74,6 +74,12 @@ covered by a test in tests/test_p2p_adapter.py that fails without it.
    exchange), and the relay transport a WARNING for every dial to a peer not yet in the
    peerstore. Both loggers are raised to CRITICAL; ``node.p2p.relay`` logs the relay's
    events (reservations, refusals, circuits) itself.
+16. Dial negative cache. After a dial to a peer fails on every address, the swarm
+   refuses to dial that peer again for 60 s (``_NegativePeerCache``, "recently failed
+   all addresses"). A node that was killed and restarts on the same address within
+   that minute stays cut off from everyone that tried to reach it meanwhile (seen in
+   the restart tests: ~60 s without gossip). The TTL is set to DIAL_NEGATIVE_CACHE_TTL
+   per swarm (``shorten_dial_negative_cache``); our own dial loops back off anyway.
 """
 
 from __future__ import annotations
@@ -100,6 +106,7 @@ PUBSUB_REPAIR_INTERVAL = 1.0
 YAMUX_MAX_FRAME = 1 << 20
 YAMUX_UPSTREAM_POLL = 0.01
 YAMUX_WINDOW_POLL = 0.001
+DIAL_NEGATIVE_CACHE_TTL = 1.0
 RELAY_LOG = logging.getLogger("kaisar.relay")
 RELAY_NOISY_LOGGERS = ("libp2p.relay.circuit_v2.protocol", "libp2p.relay.circuit_v2.transport")
 
@@ -140,6 +147,13 @@ def apply() -> None:
     for name in RELAY_NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     _applied = True
+
+
+def shorten_dial_negative_cache(network: object, ttl: float = DIAL_NEGATIVE_CACHE_TTL) -> None:
+    """Item 16: a peer whose dial failed may be dialled again after ``ttl`` s (upstream 60)."""
+    cache = getattr(network, "_negative_peer_cache", None)
+    if cache is not None and hasattr(cache, "_ttl"):
+        cache._ttl = ttl
 
 
 def is_applied() -> bool:

@@ -73,6 +73,9 @@ def topic_name(network: str, suffix: str) -> str:
     return f"/kaisar/{network}/{suffix}"
 
 
+BOOTSTRAP_RECHECK_S = 1.0  # a lost bootstrap connection is dialled again this soon
+
+
 @dataclass
 class HostOptions:
     listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",)
@@ -118,6 +121,7 @@ class KaisarHost:
             listen_addrs=[multiaddr.Multiaddr(a) for a in options.listen],
             connection_config=adapter.connection_config(),
         )
+        adapter.shorten_dial_negative_cache(self.host.get_network())
         self.gossipsub = GossipSub(
             protocols=GOSSIPSUB_PROTOCOLS, **adapter.gossipsub_kwargs(options.gossip)
         )
@@ -216,14 +220,32 @@ class KaisarHost:
                     log.debug("event=pubsub_repair_failed peer=%s err=%s", peer, exc)
 
     async def _dial_bootstrap(self, addr: str) -> None:
-        for attempt in range(5):
+        """Dial a bootstrap peer, and dial it again whenever the connection is gone.
+
+        A peer that restarts (kill -9, upgrade) or comes back after a network cut does
+        not know who was connected to it: without the re-dial a checker restarted in a
+        network whose providers bootstrapped from it hears no gossip at all.
+        """
+        try:
+            peer = info_from_p2p_addr(multiaddr.Multiaddr(addr)).peer_id
+        except Exception as exc:
+            log.warning("event=bootstrap_failed addr=%s err=bad address: %s", addr, exc)
+            return
+        attempt = 0
+        while True:
+            if peer in self.host.get_connected_peers():
+                attempt = 0
+                await trio.sleep(BOOTSTRAP_RECHECK_S)
+                continue
             try:
                 await self.connect(addr)
                 log.info("event=bootstrap_connected addr=%s", addr)
-                return
+                attempt = 0
             except P2PError as exc:
-                log.warning("event=bootstrap_failed addr=%s attempt=%d err=%s", addr, attempt, exc)
-                await trio.sleep(min(2**attempt * 0.2, 5))
+                level = logging.WARNING if attempt < 5 else logging.DEBUG
+                log.log(level, "event=bootstrap_failed addr=%s attempt=%d err=%s", addr, attempt, exc)
+                await trio.sleep(min(2**attempt * 0.2, BOOTSTRAP_RECHECK_S * 5))
+                attempt += 1
 
     # connections -----------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Compute backends for the prover chain: numpy (always), torch / cupy when CUDA is present.
 
-A backend computes ``C_i = reduce(C_{i-1} @ B)`` and hands each committed step to a
-callback as a host int8 matrix (the prover hashes it). All backends give bit-identical
+A backend computes ``C_i = reduce(C_{i-1} @ B)`` and writes each committed step as int8
+rows into host storage in leaf layout (``merkle.leaf_storage``), then calls back (the
+prover hashes it). All backends give bit-identical
 results: inputs are small integers, products accumulate exactly in fp32 (or TF32
 tensor cores with fp32 accumulation), and the centred reduction is exact.
 """
@@ -9,9 +10,11 @@ tensor cores with fp32 accumulation), and the centred reduction is exact.
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,10 +22,16 @@ import numpy as np
 from node.popw import prg
 from node.popw.challenge import MODULUS
 
-StepCallback = Callable[[int, np.ndarray], None]  # (commit index 1.., int8 n x n)
+# on_commit(c): committed step c (1..) is in out[c - 1, :, 1:] (int8, leaf layout)
+StepCallback = Callable[[int], None]
 # Rows per block in the numpy reduction: ~256 KiB of fp32 per block stays in L2, which
 # makes the 4 elementwise passes ~3x cheaper than whole-matrix passes at n = 2048.
 REDUCE_BLOCK_BYTES = 1 << 18
+# From this n on, the reduction of a step runs in two row bands on two threads (numpy
+# releases the GIL): the BLAS threads are idle between products, so on 2 cores this
+# halves the reduction's wall time. Below it, a thread hand-off (~20-50 us) costs more
+# than it saves.
+PARALLEL_MIN_N = 512
 
 
 class Backend(Protocol):
@@ -30,7 +39,13 @@ class Backend(Protocol):
     device: str
 
     def run_chain(
-        self, seed: bytes, n: int, rounds: int, stride: int, on_commit: StepCallback
+        self,
+        seed: bytes,
+        n: int,
+        rounds: int,
+        stride: int,
+        out: np.ndarray,
+        on_commit: StepCallback,
     ) -> None: ...
 
     def bare_matmul_seconds(self, n: int, rounds: int) -> float: ...
@@ -51,11 +66,41 @@ def _reduce_blocked(c: np.ndarray, tmp: np.ndarray, out_i8: np.ndarray | None) -
             np.copyto(out_i8[r0 : r0 + block], cb, casting="unsafe")
 
 
+def _reduce_step(
+    c: np.ndarray, tmp: np.ndarray, out_i8: np.ndarray | None, pool: ThreadPoolExecutor | None
+) -> None:
+    """``_reduce_blocked`` of one step, in two row bands on two threads when given a pool."""
+    if pool is None:
+        _reduce_blocked(c, tmp, out_i8)
+        return
+
+    def band(r0: int, r1: int) -> None:
+        _reduce_blocked(c[r0:r1], tmp[r0:r1], None if out_i8 is None else out_i8[r0:r1])
+
+    split_in_two(band, c.shape[0], pool)
+
+
+def split_in_two(fn: Callable[[int, int], Any], rows: int, pool: ThreadPoolExecutor) -> None:
+    """``fn(0, h)`` on this thread while ``fn(h, rows)`` runs on ``pool``; both finish."""
+    half = rows // 2
+    other = pool.submit(fn, half, rows)
+    try:
+        fn(0, half)
+    finally:
+        other.result()
+
+
 class NumpyBackend:
     name = "numpy"
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int | None = None) -> None:
         self._ws: tuple[np.ndarray, np.ndarray] | None = None
+        cores = (os.cpu_count() or 1) if threads is None else threads
+        self._pool = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="popw-reduce")
+            if cores > 1
+            else None
+        )
         self.device = platform.processor() or platform.machine() or "cpu"
         try:
             with open("/proc/cpuinfo") as f:
@@ -74,27 +119,38 @@ class NumpyBackend:
         return self._ws
 
     def run_chain(
-        self, seed: bytes, n: int, rounds: int, stride: int, on_commit: StepCallback
+        self,
+        seed: bytes,
+        n: int,
+        rounds: int,
+        stride: int,
+        out: np.ndarray,
+        on_commit: StepCallback,
     ) -> None:
         cur = prg.matrix(seed, b"A", n)
         b = prg.matrix(seed, b"B", n)
         nxt, tmp = self._workspace(n)
+        pool = self._pool if n >= PARALLEL_MIN_N else None
         for step in range(1, rounds + 1):
             np.matmul(cur, b, out=nxt)
-            committed = step % stride == 0
-            i8 = np.empty((n, n), dtype=np.int8) if committed else None
-            _reduce_blocked(nxt, tmp, i8)
+            c, r = divmod(step, stride)
+            _reduce_step(nxt, tmp, out[c - 1, :, 1:] if r == 0 else None, pool)
             cur, nxt = nxt, cur
-            if i8 is not None:
-                on_commit(step // stride, i8)
+            if r == 0:
+                on_commit(c)
 
     def bare_matmul_seconds(self, n: int, rounds: int) -> float:
-        a = np.ones((n, n), np.float32)
-        b = np.ones((n, n), np.float32)
-        out = np.empty_like(a)
+        """The same chained fp32 products, nothing else: ``C_i = C_{i-1} @ B``, rounds times.
+
+        B = C_0 = 1/n everywhere (n is a power of two) keeps every product exactly 1/n:
+        no overflow, no denormals, so the values cannot make BLAS slower (or faster)."""
+        b = np.full((n, n), np.float32(1.0 / n))
+        cur, nxt = b.copy(), np.empty_like(b)
+        np.matmul(cur, b, out=nxt)  # page in the output, wake the BLAS threads
         t0 = time.perf_counter()
         for _ in range(rounds):
-            np.matmul(a, b, out=out)
+            np.matmul(cur, b, out=nxt)
+            cur, nxt = nxt, cur
         return time.perf_counter() - t0
 
 
@@ -118,7 +174,13 @@ class TorchBackend:
             self.torch.cuda.synchronize(self.dev)
 
     def run_chain(
-        self, seed: bytes, n: int, rounds: int, stride: int, on_commit: StepCallback
+        self,
+        seed: bytes,
+        n: int,
+        rounds: int,
+        stride: int,
+        out: np.ndarray,
+        on_commit: StepCallback,
     ) -> None:
         t = self.torch
         cur = t.from_numpy(prg.matrix(seed, b"A", n)).to(self.dev)
@@ -128,17 +190,21 @@ class TorchBackend:
             q = t.round(nxt * (1.0 / MODULUS))  # round half to even, like numpy rint
             nxt.sub_(q.mul_(MODULUS))
             cur = nxt
-            if step % stride == 0:
-                on_commit(step // stride, cur.to(t.int8).cpu().numpy())
+            c, r = divmod(step, stride)
+            if r == 0:
+                out[c - 1, :, 1:] = cur.to(t.int8).cpu().numpy()
+                on_commit(c)
 
     def bare_matmul_seconds(self, n: int, rounds: int) -> float:
         t = self.torch
-        a = t.ones((n, n), dtype=t.float32, device=self.dev)
-        out = t.empty_like(a)
+        b = t.full((n, n), 1.0 / n, dtype=t.float32, device=self.dev)  # chained, like numpy's
+        cur, nxt = b.clone(), t.empty_like(b)
+        t.matmul(cur, b, out=nxt)
         self._sync()
         t0 = time.perf_counter()
         for _ in range(rounds):
-            t.matmul(a, a, out=out)
+            t.matmul(cur, b, out=nxt)
+            cur, nxt = nxt, cur
         self._sync()
         return time.perf_counter() - t0
 
@@ -155,7 +221,13 @@ class CupyBackend:
         self.device = name.decode() if isinstance(name, bytes) else str(name)
 
     def run_chain(
-        self, seed: bytes, n: int, rounds: int, stride: int, on_commit: StepCallback
+        self,
+        seed: bytes,
+        n: int,
+        rounds: int,
+        stride: int,
+        out: np.ndarray,
+        on_commit: StepCallback,
     ) -> None:
         cp = self.cp
         cur = cp.asarray(prg.matrix(seed, b"A", n))
@@ -164,16 +236,21 @@ class CupyBackend:
             nxt = cur @ b
             nxt -= MODULUS * cp.rint(nxt * np.float32(1.0 / MODULUS))
             cur = nxt
-            if step % stride == 0:
-                on_commit(step // stride, cp.asnumpy(cur.astype(cp.int8)))
+            c, r = divmod(step, stride)
+            if r == 0:
+                out[c - 1, :, 1:] = cp.asnumpy(cur.astype(cp.int8))
+                on_commit(c)
 
     def bare_matmul_seconds(self, n: int, rounds: int) -> float:
         cp = self.cp
-        a = cp.ones((n, n), dtype=cp.float32)
+        b = cp.full((n, n), 1.0 / n, dtype=cp.float32)  # chained, like numpy's
+        cur, nxt = b.copy(), cp.empty_like(b)
+        cp.matmul(cur, b, out=nxt)
         cp.cuda.Device().synchronize()
         t0 = time.perf_counter()
         for _ in range(rounds):
-            a @ a
+            cp.matmul(cur, b, out=nxt)
+            cur, nxt = nxt, cur
         cp.cuda.Device().synchronize()
         return time.perf_counter() - t0
 

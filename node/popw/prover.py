@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from node.popw import merkle
-from node.popw.backends import Backend, NumpyBackend
+from node.popw.backends import Backend, NumpyBackend, split_in_two
 from node.popw.challenge import Challenge, require, validate_challenge
 from node.popw.inventory import device_identity
 
@@ -57,12 +58,21 @@ class Prover:
         )
         self.device = device or device_identity(self.backend.name, self.backend.device)
         self._challenge: Challenge | None = None
-        self._steps: list[np.ndarray] = []
+        # committed steps in leaf layout (merkle.leaf_storage), reused by the next challenge
+        # of the same shape: no page faults on fresh memory inside the timed chain
+        self._store = np.empty((0, 0, 1), dtype=np.int8)
         self._levels: list[list[list[bytes]]] = []
         self._reserved = threading.Lock()
         self._hasher = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="popw-hash")
             if self.pipeline
+            else None
+        )
+        # Second hashing thread for rows hashlib hashes without the GIL (section 5 of
+        # docs/POPW.md): the leaves of one step are hashed in two halves at once.
+        self._splitter = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="popw-leaves")
+            if (os.cpu_count() or 1) > 1
             else None
         )
 
@@ -75,25 +85,32 @@ class Prover:
 
     def commit(self, ch: Challenge) -> Commitment:
         validate_challenge(ch)
-        steps: list[np.ndarray] = []
+        self._challenge = None  # the previous challenge's rows are overwritten from here on
+        store = self._storage(ch.commits, ch.n)
         trees: list[Future[list[list[bytes]]]] = []
 
-        def on_commit(index: int, rows: np.ndarray) -> None:
-            assert index == len(steps) + 1
-            steps.append(rows)
+        def on_commit(index: int) -> None:
+            assert index == len(trees) + 1
             if self._hasher is not None:
-                trees.append(self._hasher.submit(_tree_of, rows))
+                trees.append(self._hasher.submit(self._tree_of, store[index - 1]))
             else:
                 done: Future[list[list[bytes]]] = Future()
-                done.set_result(_tree_of(rows))
+                done.set_result(self._tree_of(store[index - 1]))
                 trees.append(done)
 
         t0 = time.perf_counter()
-        self.backend.run_chain(ch.seed, ch.n, ch.rounds, ch.stride, on_commit)
+        self.backend.run_chain(ch.seed, ch.n, ch.rounds, ch.stride, store, on_commit)
         levels = [t.result() for t in trees]
         elapsed = time.perf_counter() - t0
-        self._challenge, self._steps, self._levels = ch, steps, levels
+        require(len(levels) == ch.commits, "backend committed the wrong number of steps")
+        self._challenge, self._levels = ch, levels
         return Commitment(ch.id, [merkle.root_of(lv) for lv in levels], elapsed, dict(self.device))
+
+    def _storage(self, commits: int, n: int) -> np.ndarray:
+        if self._store.shape[:2] != (commits, n):
+            self._store = np.empty((0, 0, 1), dtype=np.int8)  # free the old one first
+            self._store = merkle.leaf_storage(commits, n)
+        return self._store
 
     def open(self, challenge_id: bytes, requests: list[tuple[int, int]]) -> list[Opening]:
         ch = self._challenge
@@ -103,7 +120,7 @@ class Prover:
 
     def _open_one(self, c: int, j: int) -> Opening:
         assert self._challenge is not None
-        require(1 <= c <= len(self._steps) and 0 <= j < self._challenge.n, "opening out of range")
+        require(1 <= c <= len(self._levels) and 0 <= j < self._challenge.n, "opening out of range")
         cur = self.row_bytes(c, j)
         proof = merkle.proof_of(self._levels[c - 1], j)
         if c == 1:
@@ -112,8 +129,15 @@ class Prover:
         return Opening(c, j, prev, merkle.proof_of(self._levels[c - 2], j), cur, proof)
 
     def row_bytes(self, c: int, j: int) -> bytes:
-        return self._steps[c - 1][j].tobytes()
+        return self._store[c - 1, j, 1:].tobytes()
 
+    def _tree_of(self, rows: np.ndarray) -> list[list[bytes]]:
+        if self._splitter is None or rows.shape[1] < merkle.GIL_FREE_ROW_BYTES:
+            return merkle.build_levels(merkle.leaf_hashes_laid_out(rows))
+        halves: list[list[bytes]] = [[], []]
 
-def _tree_of(rows: np.ndarray) -> list[list[bytes]]:
-    return merkle.build_levels(merkle.leaf_hashes(rows))
+        def half(r0: int, r1: int) -> None:
+            halves[r0 > 0] = merkle.leaf_hashes_laid_out(rows[r0:r1])
+
+        split_in_two(half, rows.shape[0], self._splitter)
+        return merkle.build_levels(halves[0] + halves[1])

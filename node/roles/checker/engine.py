@@ -1,17 +1,24 @@
-"""The assignment engine: ``AssignmentMachine`` wired to gossip, timers and callbacks.
+"""The assignment engine: ``AssignmentMachine`` wired to gossip, direct streams and timers.
 
 ``AssignmentEngine(host, identity, domain, checkers, data_dir, ...)`` owns the machines
 and their SQLite vote stores in ``data_dir``. ``await nursery.start(engine.run)``
-subscribes to ``assign/1``; then ``await engine.start_job(spec, providers, epoch)`` for
-each job the chain says is open. The engine carries out what the machine returns:
+subscribes to ``assign/1`` and serves ``/kaisar/vote/1``; then ``await
+engine.start_job(spec, providers, epoch)`` for each job the chain says is open. The
+engine carries out what the machine returns:
 
-- ``Broadcast``: publish an ``AssignVoteMsg`` / ``AssignQCMsg`` on ``assign/1``. The
-  machine commits its own vote to the store (fsync) *before* returning it, so a crash
-  here can lose a message, never produce a conflicting one; after a restart
-  ``start_job`` re-sends the stored vote with the same signature.
-- ``StartTimer``: a task in the engine's nursery calls ``on_timeout`` later, after
-  refreshing the job's provider view (``view(spec)``), so a job that arrived before any
-  provider was verified is proposed again with what is known now.
+- ``Broadcast``: publish the proposal / PrepareQC / AssignQC on ``assign/1``.
+- ``Send``: a vote (or a new-view PrepareQC) to one checker, normally the round leader:
+  a signed envelope on a long-lived ``/kaisar/vote/1`` stream to that peer, one
+  ordered outbox per peer (a task, so the machine's caller never waits on a dial).
+  If the checker's peer is not connected, the envelope is gossiped instead (every
+  checker receives it; only the addressee uses it). The machine commits its own vote
+  to the store (fsync) *before* returning it, so a crash here can lose a message, never
+  produce a conflicting one; after a restart ``start_job`` re-sends the stored
+  precommit with the same signature.
+- ``StartTimer``: a task in the engine's nursery calls ``on_timeout`` (or, for the
+  leader's wait, ``on_propose_timeout``) later, after refreshing the job's provider
+  view (``view(spec)``), so a job that arrived before any provider was verified is
+  proposed with what is known then.
 - ``Decided``: ``on_decided(qc)`` runs as a task (deploy + chain submission).
 - ``Slash``: ``on_slash(evidence)`` (if given).
 
@@ -20,17 +27,18 @@ the machine's lock for the job ("a QC was seen: sign nothing else") is for ever.
 *attempt* therefore gets its own machine and store (``votes.sqlite`` for attempt 0,
 ``votes.a<k>.sqlite`` after the k-th failure). Before the first vote of attempt k, every
 own vote of earlier attempts in rounds >= the reopened round is copied into the new
-store, so the vote rule still sees them: a checker never signs two providers for one
+store, so the vote rules still see them: a checker never signs two providers for one
 (job, round), across attempts and restarts. Rounds below the reopened one are closed by
 the contract (``round >= job.round``) and never signed again.
 
-Votes and QCs for a job the engine has not started yet are buffered (bounded) and
-replayed into the machine when the job starts.
+Messages for a job the engine has not started yet are buffered (bounded) and replayed
+into the machine when the job starts.
 
 Error rules: a message that fails validation is dropped by the machine (``rejected``);
-``on_decided`` / ``on_slash`` exceptions are logged, never kill the engine; a failed
-publish (no peers) is logged, and the timers re-send nothing: gossip relays and the
-next round's votes make up for it.
+a direct stream that breaks is reopened once per message, then the message goes by
+gossip; ``on_decided`` / ``on_slash`` exceptions are logged, never kill the engine; a
+failed publish (no peers) is logged, and the timers re-send nothing: the next round
+makes up for it.
 """
 
 from __future__ import annotations
@@ -52,15 +60,18 @@ from node.consensus.machine import (
     AssignmentMachine,
     Broadcast,
     Decided,
+    Message,
     Output,
+    Send,
     Slash,
     StartTimer,
 )
-from node.consensus.qc import AssignQC, SignedAssignVote
+from node.consensus.qc import AssignQC, Proposal, SignedAssignVote
 from node.consensus.scheduler import JobSpec, ProviderInfo
 from node.consensus.store import VoteConflict, VoteStore
 from node.eip712 import Domain
-from node.identity import Identity
+from node.identity import Identity, peer_id_to_address
+from node.p2p.frames import FramedStream, FrameError
 from node.roles.checker import messages as m
 
 log = logging.getLogger("kaisar.checker.engine")
@@ -68,12 +79,20 @@ log = logging.getLogger("kaisar.checker.engine")
 MAX_BUFFERED_JOBS = 10_000
 MAX_BUFFERED_PER_JOB = 1024
 STORE_FILE = "votes.sqlite"
+OUTBOX_SIZE = 1024  # queued direct messages per peer; beyond it they go by gossip
+DIRECT_OPEN_TIMEOUT = 5.0
+DIRECT_SEND_TIMEOUT = 5.0
+DIRECT_IDLE_TIMEOUT = 24 * 3600.0  # a vote stream stays open while the connection does
+MAX_DIRECT_FRAME = 64 * 1024
+UNREACHABLE_SECONDS = 30.0  # after a failed dial, use gossip for that checker this long
 
 View = Callable[[JobSpec], tuple[Sequence[ProviderInfo], int]]
 
 # Test-only fault injection, off unless the variable names a marker file: the process
-# exits right after its first own vote was signed (and persisted by the machine) and
-# before it is gossiped, writing the vote to the marker (tests/test_restart_checker.py).
+# exits right after its first own precommit (the on-chain AssignVote) was signed (and
+# persisted by the machine) and before it is sent to the leader, writing the vote to the
+# marker (tests/test_restart_checker.py). A leader's own precommit is never sent, so the
+# hook fires in a round the checker does not lead.
 CRASH_AFTER_SIGN_ENV = "KAISAR_TEST_CRASH_AFTER_SIGN"
 
 
@@ -89,22 +108,6 @@ def _crash_after_sign(vote: SignedAssignVote) -> None:
 
 def store_path(data_dir: Path, attempt: int) -> Path:
     return data_dir / (STORE_FILE if attempt == 0 else f"votes.a{attempt}.sqlite")
-
-
-class _Machine(AssignmentMachine):
-    """The machine plus a first round: a reopened job starts at the chain's round."""
-
-    def start_job(
-        self, spec: JobSpec, providers: Sequence[ProviderInfo], epoch: int, first_round: int
-    ) -> list[Output]:
-        job = self._job(spec.job_id)
-        job.round = max(job.round, first_round)
-        return self.on_job(spec, providers, epoch)
-
-    def refresh_view(self, job_id: int, providers: Sequence[ProviderInfo], epoch: int) -> None:
-        job = self.jobs.get(job_id)
-        if job is not None and job.spec is not None and job.qc is None:
-            job.providers, job.epoch = tuple(providers), epoch
 
 
 class AssignmentEngine:
@@ -130,16 +133,22 @@ class AssignmentEngine:
         self.timeout_base = timeout_base
         self.on_decided = on_decided
         self.on_slash = on_slash
-        self.on_message = on_message
+        self.on_message_hook = on_message  # other envelope types on assign/1 (FailureVoteMsg)
         self.view = view
-        self.machines: dict[int, _Machine] = {}
+        self.machines: dict[int, AssignmentMachine] = {}
         self.jobs: dict[int, tuple[int, int]] = {}  # job -> (attempt, first round)
         self.decisions: dict[int, AssignQC] = {}
-        self._buffer: OrderedDict[int, list[SignedAssignVote | AssignQC]] = OrderedDict()
+        self._buffer: OrderedDict[int, list[Message]] = OrderedDict()
+        self._peers: dict[str, Any] = {}  # checker address -> peer ID (learned)
+        self._scanned: set[Any] = set()  # connected peers already mapped to an address
+        self._outboxes: dict[Any, trio.MemorySendChannel] = {}
+        self._unreachable: dict[Any, float] = {}  # peer -> trio time of the next try
+        self._direct_replay = wire.ReplayGuard()
         self._nursery: trio.Nursery | None = None
         self._settled: set[int] = set()  # forgotten jobs: late messages are dropped
         self._closed = False
         self.published = 0  # messages this engine published on assign/1 (bench metric)
+        self.sent_direct = 0  # envelopes written to direct vote streams (bench metric)
         self.proposed_at: dict[int, float] = {}  # job -> trio time of own proposal (bench)
         self.decided_at: dict[int, float] = {}
 
@@ -152,6 +161,8 @@ class AssignmentEngine:
                 self._nursery = nursery
                 self.machine(0)  # open the main store now: a broken data_dir fails at start
                 await self.host.subscribe(m.ASSIGN_TOPIC, self.on_gossip)
+                if hasattr(self.host, "set_handler"):
+                    self.host.set_handler(m.VOTE_PROTOCOL, self._serve_direct)
                 task_status.started(self)
                 await trio.sleep_forever()
         finally:
@@ -161,11 +172,11 @@ class AssignmentEngine:
                 if mach.store is not None:
                     mach.store.close()
 
-    def machine(self, attempt: int) -> _Machine:
+    def machine(self, attempt: int) -> AssignmentMachine:
         mach = self.machines.get(attempt)
         if mach is None:
             store = VoteStore.open(store_path(self.data_dir, attempt))
-            mach = self.machines[attempt] = _Machine(
+            mach = self.machines[attempt] = AssignmentMachine(
                 self.identity, self.domain, self.checkers, store, timeout_base=self.timeout_base
             )
         return mach
@@ -190,18 +201,18 @@ class AssignmentEngine:
         if known is not None and known[0] >= attempt:
             return  # idempotent: events repeat after reorgs and restarts
         self._settled.discard(spec.job_id)
+        self.jobs[spec.job_id] = (attempt, first_round)
+        if known is not None:
+            self.decisions.pop(spec.job_id, None)
+        buffered = [i for i in self._buffer.pop(spec.job_id, []) if i.round >= first_round]
         if known is not None:
             self.machine(known[0]).forget(spec.job_id)
-            self.decisions.pop(spec.job_id, None)
         mach = self.machine(attempt)
         if attempt > 0:
             self._carry_votes(spec.job_id, attempt, first_round)
-        self.jobs[spec.job_id] = (attempt, first_round)
         out = mach.start_job(spec, providers, epoch, first_round)
-        for item in self._buffer.pop(spec.job_id, []):
-            if item.round < first_round:
-                continue
-            out += mach.on_vote(item) if isinstance(item, SignedAssignVote) else mach.on_qc(item)
+        for item in buffered:
+            out += mach.on_message(item)
         await self._carry(spec.job_id, out)
 
     def _carry_votes(self, job_id: int, attempt: int, first_round: int) -> None:
@@ -221,26 +232,26 @@ class AssignmentEngine:
     async def on_gossip(self, env: wire.Envelope, peer: Any) -> None:
         if self._closed:
             return
-        if env.type == "AssignVoteMsg":
-            await self.on_vote(m.assign_vote_from(env))
-        elif env.type == "AssignQCMsg":
-            await self.on_qc(m.assign_qc_from(env))
-        elif self.on_message is not None:
-            await self.on_message(env)
+        if env.type in m.ASSIGN_TYPES:
+            self._peers.setdefault(env.signer, peer)
+            await self.on_message(m.assignment_from(env))
+        elif self.on_message_hook is not None:
+            await self.on_message_hook(env)
 
-    async def on_vote(self, vote: SignedAssignVote) -> None:
-        mach = self._route(vote.job_id, vote.round, vote)
+    async def on_message(self, msg: Message) -> None:
+        """Any assignment message, from gossip or a direct stream (or a test)."""
+        mach = self._route(msg.job_id, msg.round, msg)
         if mach is not None:
-            await self._carry(vote.job_id, mach.on_vote(vote))
+            gossiped = isinstance(msg, AssignQC)  # gossip already floods a QC we received
+            await self._carry(msg.job_id, mach.on_message(msg), qc_from_gossip=gossiped)
+
+    async def on_vote(self, vote: Any) -> None:  # kept for callers of the one-step engine
+        await self.on_message(vote)
 
     async def on_qc(self, qc: AssignQC) -> None:
-        mach = self._route(qc.job_id, qc.round, qc)
-        if mach is not None:
-            await self._carry(qc.job_id, mach.on_qc(qc), qc_from_gossip=True)
+        await self.on_message(qc)
 
-    def _route(
-        self, job_id: int, round_: int, item: SignedAssignVote | AssignQC
-    ) -> _Machine | None:
+    def _route(self, job_id: int, round_: int, item: Message) -> AssignmentMachine | None:
         if job_id in self._settled:
             return None
         known = self.jobs.get(job_id)
@@ -257,7 +268,9 @@ class AssignmentEngine:
             return None  # a round the chain has closed
         return self.machine(attempt)
 
-    async def on_timeout(self, job_id: int, attempt: int, round_: int) -> None:
+    async def on_timeout(
+        self, job_id: int, attempt: int, round_: int, *, propose: bool = False
+    ) -> None:
         if self.jobs.get(job_id, (None,))[0] != attempt:
             return
         mach = self.machine(attempt)
@@ -265,7 +278,8 @@ class AssignmentEngine:
         if job is not None and job.spec is not None and self.view is not None:
             providers, epoch = self.view(job.spec)
             mach.refresh_view(job_id, providers, epoch)
-        await self._carry(job_id, mach.on_timeout(job_id, round_))
+        fire = mach.on_propose_timeout if propose else mach.on_timeout
+        await self._carry(job_id, fire(job_id, round_))
 
     def forget(self, job_id: int) -> None:
         """The job is settled on chain (assigned, closed, refunded): bound memory."""
@@ -286,16 +300,21 @@ class AssignmentEngine:
         for out in outputs:
             if isinstance(out, Broadcast):
                 msg = out.message
-                if isinstance(msg, SignedAssignVote):
-                    if msg.signer == self.identity.address and job_id not in self.proposed_at:
-                        self.proposed_at[job_id] = trio.current_time()
-                    if msg.signer == self.identity.address:
-                        _crash_after_sign(msg)
-                    await self._publish("AssignVoteMsg", m.assign_vote_fields(msg))
-                elif not qc_from_gossip:  # gossip already floods a QC we received
-                    await self._publish("AssignQCMsg", m.assign_qc_fields(msg))
+                if isinstance(msg, Proposal) and job_id not in self.proposed_at:
+                    self.proposed_at[job_id] = trio.current_time()
+                if isinstance(msg, AssignQC):
+                    if not qc_from_gossip:
+                        self._crash_hook_own_qc(attempt, msg)  # test-only, off unless set
+                    if not qc_from_gossip:  # gossip already floods a QC we received
+                        await self._publish(*m.assignment_fields(msg))  # for observers too
+                else:
+                    self._send_to_checkers(msg)
+            elif isinstance(out, Send):
+                if isinstance(out.message, SignedAssignVote):
+                    _crash_after_sign(out.message)  # test-only hook, off unless set
+                self._send(out.to, out.message)
             elif isinstance(out, StartTimer):
-                self._spawn(self._timer, out.job_id, attempt, out.round, out.seconds)
+                self._spawn(self._timer, out.job_id, attempt, out.round, out.seconds, out.propose)
             elif isinstance(out, Decided):
                 self.decisions[out.qc.job_id] = out.qc
                 self.decided_at.setdefault(out.qc.job_id, trio.current_time())
@@ -314,24 +333,166 @@ class AssignmentEngine:
                 if self.on_slash is not None:
                     self._spawn(self._guarded, self.on_slash, out.evidence)
 
+    def _crash_hook_own_qc(self, attempt: int, qc: AssignQC) -> None:
+        """A leader's own precommit is never sent: the crash hook fires before the QC
+        holding it leaves the process (with one checker, that is every vote)."""
+        if not os.environ.get(CRASH_AFTER_SIGN_ENV):
+            return
+        store = self.machine(attempt).store
+        for v in store.assign_votes(qc.job_id) if store is not None else []:
+            if (v.round, v.provider) == (qc.round, qc.provider):
+                own = SignedAssignVote(
+                    qc.job_id, v.round, v.provider, self.identity.address, v.signature
+                )
+                _crash_after_sign(own)
+
+    # direct votes ---------------------------------------------------------------------
+
+    def _peer_of(self, address: str) -> Any:
+        """The connected peer whose node key is ``address``, or None."""
+        peer = self._peers.get(address)
+        if peer is None and hasattr(self.host, "connected_peers"):
+            for p in self.host.connected_peers():
+                if p in self._scanned:
+                    continue
+                self._scanned.add(p)
+                try:
+                    self._peers.setdefault(peer_id_to_address(p), p)
+                except Exception:  # a peer ID without an inlined secp256k1 key
+                    continue
+            peer = self._peers.get(address)
+        if peer is not None and self._unreachable.get(peer, 0.0) > trio.current_time():
+            return None
+        return peer
+
+    def _send_to_checkers(self, msg: Message) -> None:
+        """A proposal or PrepareQC to every other checker: direct where connected (no
+        gossip relaying, linear in n), one gossip publish for the rest."""
+        env = self.host.sign(*m.assignment_fields(msg))
+        missing = False
+        for address in self.checkers.addresses:
+            if address == self.identity.address:
+                continue
+            peer = self._peer_of(address)
+            if peer is None or not self._enqueue(peer, env):
+                missing = True
+        if missing:
+            self._spawn(self._publish_env, env)
+
+    def _send(self, to: str, msg: Message) -> None:
+        """Queue ``msg`` for checker ``to`` (never waits); gossip if it has no stream."""
+        env = self.host.sign(*m.assignment_fields(msg))
+        peer = self._peer_of(to)
+        if peer is None or not self._enqueue(peer, env):
+            self._spawn(self._publish_env, env)
+
+    def _enqueue(self, peer: Any, env: wire.Envelope) -> bool:
+        box = self._outboxes.get(peer)
+        if box is None:
+            box, inbox = trio.open_memory_channel[wire.Envelope](OUTBOX_SIZE)
+            self._outboxes[peer] = box
+            self._spawn(self._pump, peer, inbox)
+        try:
+            box.send_nowait(env)
+        except trio.WouldBlock:
+            return False
+        return True
+
+    async def _pump(self, peer: Any, inbox: trio.MemoryReceiveChannel) -> None:
+        """One long-lived vote stream to ``peer``, in order; reopened once on failure."""
+        stream: FramedStream | None = None
+        try:
+            async for env in inbox:
+                sent = False
+                for _attempt in range(2):
+                    if self._unreachable.get(peer, 0.0) > trio.current_time():
+                        break
+                    try:
+                        if stream is None:
+                            stream = await self._open_direct(peer)
+                        await stream.send(env.to_bytes(), timeout=DIRECT_SEND_TIMEOUT)
+                        self.sent_direct += 1
+                        sent = True
+                        break
+                    except Exception as exc:
+                        log.info("event=direct_send_failed peer=%s err=%s", peer, exc)
+                        if stream is None:  # could not even open one: stop trying a while
+                            self._unreachable[peer] = trio.current_time() + UNREACHABLE_SECONDS
+                        else:
+                            await _close_quietly(stream)
+                            stream = None
+                if not sent:
+                    await self._publish_env(env)  # no stream to it: gossip reaches it
+        finally:
+            self._outboxes.pop(peer, None)
+            if stream is not None:
+                await _close_quietly(stream)
+
+    async def _open_direct(self, peer: Any) -> FramedStream:
+        with trio.fail_after(DIRECT_OPEN_TIMEOUT):
+            # A checker learned from gossip may be several hops away: dial it (DHT lookup)
+            await self.host.ensure_connected(peer)
+            raw = await self.host.host.new_stream(peer, [m.VOTE_PROTOCOL])
+        return FramedStream(raw)
+
+    async def _serve_direct(self, framed: FramedStream, peer: Any) -> None:
+        """Envelopes from one peer's vote stream, until it closes. Each must be signed by
+        that peer's key and pass the wire rules; anything else ends the stream."""
+        try:
+            sender = peer_id_to_address(peer)
+        except Exception:
+            return
+        while not self._closed:
+            try:
+                data = await framed.recv(max_size=MAX_DIRECT_FRAME, timeout=DIRECT_IDLE_TIMEOUT)
+                env = wire.decode(
+                    data,
+                    domain=self.host.domain,
+                    network=self.host.network,
+                    replay=self._direct_replay,
+                    allowed_types=m.DIRECT_TYPES,
+                )
+            except FrameError:
+                return  # closed, idle or not a frame
+            except wire.WireError as exc:
+                log.info("event=direct_rejected peer=%s reason=%s", peer, exc.reason)
+                return
+            if env.signer != sender:
+                log.info("event=direct_rejected peer=%s reason=signer", peer)
+                return
+            self._peers.setdefault(sender, peer)
+            await self.on_message(m.assignment_from(env))
+
     async def _publish(self, type_name: str, fields: dict) -> None:
-        env = self.host.sign(type_name, fields)
+        await self._publish_env(self.host.sign(type_name, fields))
+
+    async def _publish_env(self, env: wire.Envelope) -> None:
         try:
             await self.host.publish(m.ASSIGN_TOPIC, env)
             self.published += 1
         except Exception as exc:  # no peers yet: the vote is durable, rounds resend
-            log.warning("event=publish_failed type=%s err=%s", type_name, exc)
+            log.warning("event=publish_failed type=%s err=%s", env.type, exc)
 
     def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         assert self._nursery is not None, "engine not running"
         self._nursery.start_soon(fn, *args)
 
-    async def _timer(self, job_id: int, attempt: int, round_: int, seconds: float) -> None:
+    async def _timer(
+        self, job_id: int, attempt: int, round_: int, seconds: float, propose: bool
+    ) -> None:
         await trio.sleep(seconds)
-        await self.on_timeout(job_id, attempt, round_)
+        await self.on_timeout(job_id, attempt, round_, propose=propose)
 
     async def _guarded(self, fn: Callable[[Any], Awaitable[None]], arg: Any) -> None:
         try:
             await fn(arg)
         except Exception:
             log.exception("event=callback_failed fn=%s", getattr(fn, "__name__", fn))
+
+
+async def _close_quietly(stream: FramedStream) -> None:
+    with trio.move_on_after(1):
+        try:
+            await stream.close()
+        except Exception:  # already reset by the peer
+            pass

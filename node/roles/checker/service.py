@@ -12,9 +12,9 @@ assignment engine (votes and locks in ``data_dir``), subscribes to ``ads/1``,
   (``/kaisar/popw/1``, ``run_challenge``), sign + store + gossip the attestation, form the
   PoPW QC from the committee's attestations and submit PASS certificates to Rewards;
 - decisions: when a QC forms, checkers in the job's leader order (starting at the QC
-  round's leader) take turns ``submit_backoff`` apart: the first submits the QC to the
-  escrow and sends the deploy command; a later one only does what has not happened yet
-  (job still open on chain; no deployed reply or status seen);
+  round's leader) take turns ``submit_backoff`` apart: the first sends the deploy command
+  and, at the same time, submits the QC to the escrow; a later one only does what has
+  not happened yet (job still open on chain; no deployed reply or status seen);
 - failures: a refused or failed deploy, a ``failed`` JobStatus, or a provider whose ads
   stopped for ``status_timeout`` -> this checker signs a FailureVote and gossips it; a
   checker receiving one probes the provider itself (repeat deploy, which is idempotent)
@@ -41,7 +41,7 @@ import trio
 from eth_utils import keccak, to_canonical_address
 from libp2p.peer.id import ID
 
-from node import metrics, wire
+from node import metrics, trace, wire
 from node.chain.api import JOB_ASSIGNED, JOB_OPEN, KaisarChain
 from node.chain.errors import ChainError
 from node.chain.watcher import EventWatcher
@@ -324,6 +324,7 @@ class CheckerService:
         assert self.engine is not None
         job_id = int(ev.args.get("job_id", -1))
         if ev.name in ("JobCreated", "JobReassigned"):
+            trace.mark("checker_saw_job", job_id)
             job = await self.chain.get_job(job_id)
             if job.state == JOB_OPEN:
                 spec = job_spec(job)
@@ -372,24 +373,37 @@ class CheckerService:
         if a.qc is None and a.round == qc.round:
             a.qc = qc
         await trio.sleep(self._turn(qc.job_id, qc.round) * self.settings.submit_backoff)
-        job = await self.chain.get_job(qc.job_id)
-        if job.state == JOB_OPEN and job.round <= qc.round:
-            try:
-                await self.chain.assign(
-                    self.identity, qc.job_id, qc.round, qc.provider, qc.signatures
-                )
-                log.info("event=assign_submitted job=%d round=%d", qc.job_id, qc.round)
-            except ChainError as exc:  # another checker's submission landed first
-                log.info("event=assign_not_needed job=%d err=%s", qc.job_id, exc)
+        # The deploy command goes out while the assignment is mined, not after: the QC
+        # alone certifies it, and the provider accepts a job that is still open on chain
+        # in this round (it checks the job and the QC itself, see provider/deploy.py).
         now = self.assigned.get(qc.job_id)
-        if now is not None and now.deployed:
-            return
         seen = self.status_seen.get(qc.job_id)
-        if seen is not None and seen[1] in ("deployed", "running"):
-            return
-        await self._deploy(qc)
+        deployed = (now is not None and now.deployed) or (
+            seen is not None and seen[1] in ("deployed", "running")
+        )
+        # A failed deploy is reported once the assignment is on chain: the contract only
+        # takes failure votes for the current assignment.
+        submitted = trio.Event()
+        if not deployed:
+            self._spawn(self._deploy, qc, submitted)
+        try:
+            job = await self.chain.get_job(qc.job_id)
+            if job.state == JOB_OPEN and job.round <= qc.round:
+                try:
+                    trace.mark("assign_tx_sent", qc.job_id)
+                    await self.chain.assign(
+                        self.identity, qc.job_id, qc.round, qc.provider, qc.signatures
+                    )
+                    trace.mark("assign_tx_mined", qc.job_id)
+                    log.info("event=assign_submitted job=%d round=%d", qc.job_id, qc.round)
+                except ChainError as exc:  # another checker's submission landed first
+                    log.info("event=assign_not_needed job=%d err=%s", qc.job_id, exc)
+        finally:
+            submitted.set()
 
-    async def _deploy(self, qc: AssignQC) -> None:
+    async def _deploy(self, qc: AssignQC, submitted: trio.Event | None = None) -> None:
+        """Send the deploy command; a refusal or failure becomes failure evidence (after
+        ``submitted``: this checker's own assignment attempt has ended)."""
         from node.roles.provider.client import send_deploy
 
         ad = self.ads.get(qc.provider)
@@ -397,12 +411,14 @@ class CheckerService:
             log.warning("event=deploy_no_ad job=%d provider=%s", qc.job_id, qc.provider)
             return
         peer = await self._connect(ad)
+        trace.mark("deploy_sent", qc.job_id)
         try:
             reply = await send_deploy(self.host, peer, qc, timeout=self.settings.deploy_timeout)
         except (P2PError, Exception) as exc:
             reply = {"t": "unreachable", "reason": str(exc)}
         t = reply.get("t") if isinstance(reply, dict) else None
         if t == "deployed":
+            trace.mark("deploy_replied", qc.job_id)
             a = self.assigned.get(qc.job_id)
             if a is not None:
                 a.deployed = True
@@ -416,6 +432,8 @@ class CheckerService:
             t,
             reason,
         )
+        if submitted is not None:
+            await submitted.wait()
         await self._suspect(qc.job_id, qc.round, qc.provider, f"deploy {t}: {reason}")
 
     # failures ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import functools
 import logging
 import math
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +39,7 @@ import requests.exceptions
 import trio
 from docker.types import DeviceRequest, LogConfig, Ulimit
 
+from node import trace
 from node.roles.provider.images import ImageUnavailable, ensure_image, is_valid_image_ref
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,9 @@ PUBLISH_IP = "127.0.0.1"  # job ports are reachable only through the provider's 
 API_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 10  # SIGTERM, then SIGKILL after this long
 STARTUP_GRACE_S = 0.3  # a container that exits this soon after start failed to start
-STARTUP_POLL_S = 0.05
+STARTUP_POLL_S = 0.05  # re-inspect the container this often while it starts
+PROBE_POLL_S = 0.01  # ...and probe its port this often in between
+PROBE_TIMEOUT_S = 0.05  # connect to the container's own address (a local bridge)
 LOG_TAIL_ON_FAILURE = 5
 # Below the sandbox hard limit of 20000 (dockerd cannot grant more than it has).
 NOFILE_LIMIT = 16384
@@ -229,6 +233,27 @@ def info_from_attrs(attrs: dict[str, Any]) -> ContainerInfo:
     )
 
 
+def container_addr(attrs: dict[str, Any]) -> str | None:
+    """The container's own IP on its (first) network, if it has one."""
+    ns = attrs.get("NetworkSettings") or {}
+    for net in (ns.get("Networks") or {}).values():
+        if net and net.get("IPAddress"):
+            return str(net["IPAddress"])
+    return ns.get("IPAddress") or None
+
+
+def probe_port(ip: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> bool | None:
+    """Does the container's service accept TCP on ip:port? True, False (refused: not yet
+    listening), or None (the address is not reachable from here: cannot tell)."""
+    try:
+        with socket.create_connection((ip, port), timeout=timeout):
+            return True
+    except ConnectionRefusedError:
+        return False
+    except OSError:
+        return None
+
+
 def _explain(e: BaseException) -> str:
     text = getattr(e, "explanation", None) or str(e) or type(e).__name__
     return " ".join(str(text).split())[:500]
@@ -357,6 +382,7 @@ class ContainerRuntime:
         except ImageUnavailable as e:
             raise ContainerError(Reason.IMAGE_MISSING, str(e)) from e
         spec = container_spec(self.node, job_id, image, port, gpus, limits, env, command)
+        trace.mark("container_create", job_id)
         try:
             container = client.containers.create(**spec)
         except docker.errors.APIError as e:
@@ -373,6 +399,7 @@ class ContainerRuntime:
     def _start_created(
         self, container: Any, job_id: int, port: int, gpus: tuple[str, ...]
     ) -> ContainerInfo:
+        trace.mark("container_created", job_id)
         try:
             container.start()
         except docker.errors.APIError as e:
@@ -380,7 +407,12 @@ class ContainerRuntime:
             if gpus and "device driver" in why:
                 why = f"GPU request {list(gpus)} failed, no GPU runtime on this engine ({why})"
             raise ContainerError(Reason.START_FAILED, f"job {job_id}: {why}") from e
+        trace.mark("container_started", job_id)
+        # Running for startup_grace without exiting, or (sooner) running with the
+        # service answering on its port: probed at the container's own address, since
+        # docker-proxy accepts on the published port before anything listens behind it.
         deadline = time.monotonic() + self.startup_grace
+        probing, answered = True, False
         while True:
             container.reload()
             info = info_from_attrs(container.attrs)
@@ -392,9 +424,16 @@ class ContainerRuntime:
                     f"job {job_id}: container {info.state} right after start "
                     f"(exit code {info.exit_code}): {last or info.error or 'no output'}",
                 )
-            if time.monotonic() >= deadline:
+            if answered or time.monotonic() >= deadline:
                 break
-            time.sleep(STARTUP_POLL_S)
+            ip = container_addr(container.attrs)
+            next_check = min(time.monotonic() + STARTUP_POLL_S, deadline)
+            while probing and ip and not answered and time.monotonic() < next_check:
+                got = probe_port(ip, port)
+                probing, answered = got is not None, bool(got)  # None: cannot tell
+                if not answered:
+                    time.sleep(PROBE_POLL_S)
+            time.sleep(max(0.0, next_check - time.monotonic()) if not answered else 0)
         ports = container.attrs["NetworkSettings"]["Ports"] or {}
         foreign = [b for b in ports.get(f"{port}/tcp") or [] if b.get("HostIp") != PUBLISH_IP]
         if info.host_port is None or foreign:
@@ -404,6 +443,7 @@ class ContainerRuntime:
                 f"(got {ports!r}); does the engine have a bridge network? "
                 "see docs/CONTAINERS.md",
             )
+        trace.mark("container_ready", job_id)
         log.info(
             "event=container_started job=%s container=%s host_port=%s gpus=%s",
             job_id,

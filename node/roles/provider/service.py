@@ -30,7 +30,7 @@ from typing import Any
 import trio
 from libp2p.peer.id import ID
 
-from node import metrics
+from node import metrics, trace
 from node.chain.api import JOB_ASSIGNED, JOB_OPEN, KaisarChain
 from node.consensus.checkers import CheckerSetError, make_checker_set
 from node.consensus.votes import assign_digest
@@ -353,6 +353,7 @@ class ProviderService:
         job_id = obj.get("job_id") if isinstance(obj, dict) else None
         try:
             req = decode_deploy(obj)
+            trace.mark("provider_got_deploy", req.job_id)
             async with self._job_locks[req.job_id]:
                 return await self._deploy(req)
         except DeployRefused as exc:
@@ -378,6 +379,7 @@ class ProviderService:
         except CheckerSetError as exc:
             raise DeployRefused(f"no usable checker set on chain: {exc}") from None
         deploy_rules.check_deploy(req, self.address, job, checkers, self.chain.domain)
+        trace.mark("provider_checked", req.job_id)
         count = max(job.count, 1)
         free = self.free_slots()
         if len(free) < count:
@@ -405,6 +407,7 @@ class ProviderService:
         rec.container_id, rec.host_port = info.container_id, info.host_port
         self.state.update_job(req.job_id, container_id=info.container_id, host_port=info.host_port)
         await self._set_state(rec, msg.RUNNING, "", status=msg.DEPLOYED)
+        trace.mark("status_published", req.job_id)
         log.info(
             "event=job_deployed job=%d image=%s port=%d host_port=%s",
             req.job_id, job.image, job.port, info.host_port,
