@@ -28,6 +28,7 @@ from node.p2p.relay import HopSettings, RelaySettings, run_hop  # noqa: E402
 from node.popw.inventory import Inventory  # noqa: E402
 from node.roles.checker.service import Ad, Assigned, CheckerService  # noqa: E402
 from node.roles.provider import client as pclient  # noqa: E402
+from node.roles.provider import tunnel as ptunnel  # noqa: E402
 from node.roles.provider.images import DEMO_HTTP_IMAGE, DEMO_HTTP_PORT  # noqa: E402
 from node.roles.provider.runtime import Limits  # noqa: E402
 from node.roles.provider.service import ProviderService, ProviderSettings  # noqa: E402
@@ -129,6 +130,8 @@ async def test_nat_provider_deploys_and_serves_http_through_a_relay(world, conta
             await t.write(b"GET / HTTP/1.0\r\n\r\n")
             assert b"200 OK" in await t.read_all()
         assert dial.is_relayed(client.host, peer)  # never a direct connection
+        # ... and that says nothing about the provider's direct port: no 10-minute skip
+        assert str(peer) not in ptunnel._direct_failed
         await world.kc.close_job(world.owner, job)
 
 

@@ -321,6 +321,7 @@ async def _choose_path(
             return TunnelStream(framed, channel, "direct")
         except (datapath.DataPathError, ChannelBroken) as exc:
             log.info("event=tunnel_data_path_fallback job=%d err=%s", job_id, exc)
-            _direct_failed[str(provider_peer)] = time.monotonic()
+            if remote is not None:  # a relayed connection says nothing about the direct port
+                _direct_failed[str(provider_peer)] = time.monotonic()
             await framed.send({"use": "stream"})
     return TunnelStream(framed, Libp2pChannel(framed.stream, framed.take_buffered()), "libp2p")
