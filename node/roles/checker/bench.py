@@ -88,4 +88,12 @@ async def measure(n: int, jobs: int) -> dict[str, Any]:
 
 
 async def run_bench(sizes: tuple[int, ...] = (4, 7, 16), jobs: int = 20) -> dict[str, Any]:
-    return {"results": [await measure(n, jobs) for n in sizes]}
+    results: list[dict[str, Any]] = []
+    for n in sizes:
+        try:
+            results.append(await measure(n, jobs))
+        except* trio.TooSlowError:
+            # Seen at n = 16 (docs/BENCHMARKS.md, Quorum): a QC that does not reach every
+            # checker within 30 s. Report it instead of dying with a traceback.
+            results.append({"checkers": n, "error": "a decision did not reach every checker within 30 s"})
+    return {"results": results}

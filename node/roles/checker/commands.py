@@ -29,8 +29,11 @@ def cmd_quorum(args) -> int:
         print(json.dumps(out))
     else:
         for r in out["results"]:
+            if "error" in r:
+                print(f"checkers={r['checkers']:3d} error: {r['error']}")
+                continue
             print(
                 f"checkers={r['checkers']:3d} p50={r['p50_ms']:7.1f} ms p95={r['p95_ms']:7.1f} ms "
                 f"all_p50={r['all_p50_ms']:7.1f} ms messages/decision={r['messages_per_decision']}"
             )
-    return 0
+    return 1 if any("error" in r for r in out["results"]) else 0
