@@ -147,3 +147,17 @@ async def test_unreachable_checkers_get_their_messages_by_gossip(tmp_path, monke
     assert len({(qc.round, qc.provider) for qc in qcs if qc}) == 1
     assert sum(e.sent_direct for e in engines) == 0
     assert sum(e.published for e in engines) >= 1 + 2 + 2 * (len(engines) - 1)
+
+
+async def test_a_job_event_after_the_engine_stopped_is_ignored(tmp_path):
+    """Seen in CI: the checker service handled a JobCreated while its engine was stopping
+    and the engine touched its closed SQLite store (a reassignment carries old votes)."""
+    me = KEYS[0]
+    host = FakeHost(me)
+    async with trio.open_nursery() as nursery:
+        engine = AssignmentEngine(host, me, DOMAIN, CHECKERS, tmp_path, timeout_base=60)
+        await nursery.start(engine.run)
+        await engine.start_job(SPEC, VIEW, 0)
+        nursery.cancel_scope.cancel()
+    await engine.start_job(SPEC, VIEW, 0, attempt=1, first_round=1)  # no ProgrammingError
+    assert 1 not in engine.machines

@@ -197,6 +197,8 @@ class AssignmentEngine:
         first_round: int = 0,
     ) -> None:
         """An open job (JobCreated, JobReassigned, or found open after a restart)."""
+        if self._closed:  # stopping: the stores are closed; the job is found again on restart
+            return
         known = self.jobs.get(spec.job_id)
         if known is not None and known[0] >= attempt:
             return  # idempotent: events repeat after reorgs and restarts
