@@ -549,3 +549,25 @@ async def _shutdown(net: ProcNet, docker_host: str | None) -> None:
             await runtime.cleanup_all()
         finally:
             runtime.close()
+
+
+def http_get(port: int, path: str, timeout: float = 12.0) -> bytes:
+    """HTTP/1.0 GET on 127.0.0.1:port, retried until a non-empty answer or ``timeout``
+    seconds (then b""): a tunnel's local port may refuse or close while a job moves."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=8) as s:
+                s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+                s.shutdown(socket.SHUT_WR)
+                chunks = []
+                while chunk := s.recv(65536):
+                    chunks.append(chunk)
+                answer = b"".join(chunks)
+                if answer:
+                    return answer
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            return b""
+        time.sleep(0.5)

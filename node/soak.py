@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -311,7 +310,9 @@ class Soak:
             async with trio.open_nursery() as nursery:
                 port = await nursery.start(client.connect, t.job_id, 0)
                 with trio.move_on_after(15):
-                    answer = await trio.to_thread.run_sync(_http_get, port, f"/cgi-bin/echo?job={t.job_id}")
+                    from node.procnet import http_get
+
+                    answer = await trio.to_thread.run_sync(http_get, port, f"/cgi-bin/echo?job={t.job_id}")
                     if b" 200 " in answer.split(b"\r\n")[0] and f"job={t.job_id}".encode() in answer:
                         now = time.time()
                         t.served[job.round] = (dep.provider, now)
@@ -413,26 +414,6 @@ class Soak:
             "double_jobs": sorted(self.double)[:20],
             "wall_s": round(time.time() - started, 1),
         }
-
-
-def _http_get(port: int, path: str) -> bytes:
-    deadline = time.monotonic() + 12
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=8) as s:
-                s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
-                s.shutdown(socket.SHUT_WR)
-                chunks = []
-                while chunk := s.recv(65536):
-                    chunks.append(chunk)
-                answer = b"".join(chunks)
-                if answer:
-                    return answer
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            return b""
-        time.sleep(0.5)
 
 
 async def run_soak(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 
@@ -17,7 +16,7 @@ import pytest
 import trio
 
 from node.identity import Identity
-from node.procnet import PASSWORD, free_port, open_procnet
+from node.procnet import PASSWORD, free_port, http_get, open_procnet
 
 pytestmark = [pytest.mark.docker, pytest.mark.anvil, pytest.mark.slow]
 
@@ -27,25 +26,6 @@ def anvil_or_skip() -> None:
 
     if anvil_path() is None:
         pytest.skip("anvil not installed: run scripts/install-anvil.sh")
-
-
-def http_get(port: int, path: str, timeout: float = 30) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
-                s.shutdown(socket.SHUT_WR)
-                chunks = []
-                while chunk := s.recv(65536):
-                    chunks.append(chunk)
-                answer = b"".join(chunks)
-                if answer:
-                    return answer
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no HTTP answer on 127.0.0.1:{port}")
         time.sleep(0.3)
 
 
@@ -130,7 +110,7 @@ async def test_cli_provider_process_serves_a_certified_container_and_survives_ki
                                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
             async def get() -> bytes:
-                answer = await trio.to_thread.run_sync(http_get, port, f"/cgi-bin/echo?job={job}", 120)
+                answer = await trio.to_thread.run_sync(http_get, port, f"/cgi-bin/echo?job={job}", 120.0)
                 assert b" 200 " in answer.split(b"\r\n")[0], answer[:200]
                 assert f"job={job}".encode() in answer
                 return answer
