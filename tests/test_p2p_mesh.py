@@ -95,6 +95,7 @@ async def pruned_then_regrafted(host) -> tuple[set[ID], set[ID]]:
     _, prune = router.mesh_heartbeat()
     pruned = {p for p, topics in prune.items() if topic in topics}
     router.mesh[topic] = set()  # then the mesh empties (its peers pruned us, say)
+    host.pubsub.peer_topics[topic] -= set(peers) - pruned  # and only the pruned are left
     graft, _ = router.mesh_heartbeat()
     return pruned, {p for p, topics in graft.items() if topic in topics}
 
