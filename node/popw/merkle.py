@@ -85,16 +85,43 @@ def leaf_hashes(rows_int8: np.ndarray) -> list[bytes]:
     return leaf_hashes_laid_out(laid_out)
 
 
+def _parents(level: list[bytes], g: int) -> list[bytes]:
+    sha = hashlib.sha256
+    return [sha(NODE_PREFIX + b"".join(level[i : i + g])).digest() for i in range(0, len(level), g)]
+
+
 def build_levels(leaves: list[bytes]) -> list[list[bytes]]:
     """All levels, leaves first, root last."""
     levels = [leaves]
-    level = leaves
-    sha = hashlib.sha256
     for g in group_sizes(len(leaves)):
-        level = [
-            sha(NODE_PREFIX + b"".join(level[i : i + g])).digest() for i in range(0, len(level), g)
-        ]
-        levels.append(level)
+        levels.append(_parents(levels[-1], g))
+    return levels
+
+
+def band_levels(leaves: list[bytes], first: int, total: int) -> list[list[bytes]]:
+    """The levels of a band of leaves ``[first, first + len(leaves))`` of a tree of
+    ``total`` leaves, as far up as its groups lie wholly inside the band (the whole tree
+    when the band is all of it). ``join_bands`` completes the tree from the bands."""
+    levels = [leaves]
+    pos = first
+    for g in group_sizes(total):
+        if len(levels[-1]) % g or pos % g:
+            break
+        levels.append(_parents(levels[-1], g))
+        pos //= g
+    return levels
+
+
+def join_bands(bands: list[list[list[bytes]]], total: int) -> list[list[bytes]]:
+    """All levels of the tree from ``band_levels`` of consecutive bands, in leaf order."""
+    depth = min(len(b) for b in bands)
+    if len(bands) == 1:
+        levels = bands[0]
+    else:
+        levels = [[h for band in bands for h in band[d]] for d in range(depth)]
+    assert len(levels[0]) == total, "bands do not cover the leaves"
+    for g in group_sizes(total)[depth - 1 :]:
+        levels.append(_parents(levels[-1], g))
     return levels
 
 
