@@ -15,6 +15,7 @@ on 1-8 KiB rows here, and it is what an EVM contract can recompute if ever neede
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -38,7 +39,8 @@ def hash_node(children: list[bytes]) -> bytes:
     return hashlib.sha256(NODE_PREFIX + b"".join(children)).digest()
 
 
-def group_sizes(leaves: int) -> list[int]:
+@functools.cache
+def group_sizes(leaves: int) -> tuple[int, ...]:
     """Children per parent on each level, bottom-up (leaves: a power of two)."""
     assert leaves > 0 and leaves & (leaves - 1) == 0, "leaf count must be a power of two"
     sizes = []
@@ -46,7 +48,7 @@ def group_sizes(leaves: int) -> list[int]:
         g = min(ARITY, leaves)
         sizes.append(g)
         leaves //= g
-    return sizes
+    return tuple(sizes)
 
 
 def proof_length(leaves: int) -> int:
@@ -65,9 +67,12 @@ def leaf_storage(count: int, n: int) -> np.ndarray:
 
 
 def leaf_hashes_laid_out(rows: np.ndarray) -> list[bytes]:
-    """Leaf hash of every row of one step in leaf layout ((n, 1 + n) int8, C-contiguous)."""
+    """Leaf hash of every row of one step in leaf layout ((n, 1 + n) int8, C-contiguous).
+
+    Column 0 must hold ``LEAF_PREFIX`` (``leaf_storage`` writes it once; nothing else
+    writes that column). Not re-checked here: scanning it cost ~20 us per call, 3.5 %
+    of a step at n = 256; a wrong prefix makes the honest prover's roots fail anyway."""
     assert rows.dtype == np.int8 and rows.flags.c_contiguous and rows.ndim == 2
-    assert not rows[:, 0].any(), "leaf layout: column 0 is the leaf prefix"
     sha = hashlib.sha256
     # map over the ndarray yields one row view per leaf, all in C: no Python-level loop
     return list(map(_DIGEST, map(sha, rows)))
