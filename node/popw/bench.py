@@ -31,7 +31,9 @@ def measure_size(
     prover = Prover(backend)
     rng = random.Random(seed)
     ch = new_challenge(n, rounds, deadline=600.0)
-    prover.commit(new_challenge(n, 1, deadline=600.0))  # warm-up: workspace, BLAS threads
+    # warm-up with the same shape: workspace, storage, band threads, BLAS threads (a
+    # provider answers many challenges of its class; only the first one allocates)
+    prover.commit(new_challenge(n, rounds, deadline=600.0))
     banded = getattr(backend, "banded_matmul_seconds", None)
     prover_s, bare_s, banded_s, checker_cpu_s = [], [], [], []
     for _ in range(reps):

@@ -50,9 +50,10 @@ class Prover:
     ):
         self.backend = backend or NumpyBackend()
         # Hash step i in a worker thread while step i+1 computes: worth it when the
-        # product runs on a GPU. On a CPU backend the BLAS threads already use every core
-        # and the GIL hand-offs (5 ms switch interval vs sub-ms steps at small n) made
-        # the pipelined numpy prover up to 10x slower under load; so numpy hashes inline.
+        # product runs on a GPU. On a CPU backend every core already runs a row band of
+        # the chain, and the GIL hand-offs (5 ms switch interval vs sub-ms steps at
+        # small n) made a pipelined numpy prover up to 10x slower under load; so numpy
+        # hashes inline, each band in its own thread.
         self.pipeline = (
             self.backend.name not in ("numpy", "tampered-numpy") if pipeline is None else pipeline
         )
@@ -68,8 +69,8 @@ class Prover:
             if self.pipeline
             else None
         )
-        # Second hashing thread for rows hashlib hashes without the GIL (section 5 of
-        # docs/POPW.md): the leaves of one step are hashed in two halves at once.
+        # Second hashing thread for rows hashlib hashes without the GIL (section 2 of
+        # docs/POPW.md): the leaves of a whole step (GPU backends) in two halves at once.
         self._splitter = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="popw-leaves")
             if (os.cpu_count() or 1) > 1
