@@ -116,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BaseExceptionGroup as group:  # trio nurseries wrap errors raised in tasks
-        exc = find_user_error(group)
-        if exc is None:
+        user_error = find_user_error(group)
+        if user_error is None:
             _report_internal(group)
             return 1
-        print(f"kaisar: error: {one_line(exc)}", file=sys.stderr)
+        print(f"kaisar: error: {one_line(user_error)}", file=sys.stderr)
         return 2
 
 
