@@ -1,7 +1,13 @@
 """Contract events by polling ``eth_getLogs``, with a confirmation depth and reorg re-reads.
 
-Each poll reads logs from ``reorg_depth`` blocks behind the last confirmed block up to
-``head - confirmations``. A log is identified by (block hash, log index): one already
+Each poll reads the logs of the confirmed blocks not read yet (up to ``head -
+confirmations``). It first checks that the last block it read still has the hash it had
+(one ``eth_getBlockByNumber``): if not, or if the chain got shorter, a reorg replaced it
+and the poll reads again from ``reorg_depth`` blocks behind. (An unchanged block means
+every block below it is unchanged: each names its parent's hash.) A poll with no new
+block reads no logs at all. Every ``REREAD_EVERY``-th poll re-reads the ``reorg_depth``
+window anyway, for RPC nodes whose log index lags their head (a log missing from one
+read shows up in a later one). A log is identified by (block hash, log index): one already
 delivered is skipped, one that moved to a new block after a reorg has a new block hash
 and is delivered again. Consumers therefore see every confirmed event at least once
 and must be idempotent on (event name, args) - the protocol's events are (a job is
@@ -33,6 +39,8 @@ from node.chain.client import ChainClient
 from node.chain.errors import ChainError
 
 log = logging.getLogger("kaisar.chain.watcher")
+
+REREAD_EVERY = 16  # polls between two re-reads of the reorg window without a reorg seen
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,9 @@ class EventWatcher:
         self._from_block = from_block
         self._caught_up = False
         self._seen: dict[tuple[bytes, int], int] = {}
+        self._tip: tuple[int, bytes | None] | None = None  # (number, hash) of the last block read
+        self.log_reads = 0  # eth_getLogs requests made (tests, benchmarks)
+        self._polls = 0
         self._decoders: dict[tuple[str, bytes], Any] = {}
         for contract in contracts:
             for item in contract.abi:
@@ -86,13 +97,23 @@ class EventWatcher:
             return []
         # a shorter chain after a reorg: read again from where it now ends
         self.next_block = min(self.next_block, safe + 1)
-        start = max(self._from_block, self.next_block - self.reorg_depth)
+        self._polls += 1
+        if self._polls % REREAD_EVERY and await self._tip_unchanged():
+            start = self.next_block
+        else:
+            start = max(self._from_block, self.next_block - self.reorg_depth)
         # catch up in bounded ranges: public nodes cap eth_getLogs spans
         end = min(safe, self.next_block + self.max_range - 1)
+        if start > end:  # no new block since the last read, and no reorg
+            self._caught_up = True
+            return []
+        # the hash before the logs: a reorg in between makes the next poll re-read
+        tip = (end, await self._block_hash(end))
         logs = await self.client.run(
             self.client.w3.eth.get_logs,
             {"fromBlock": start, "toBlock": end, "address": self._addresses},
         )
+        self.log_reads += 1
         out: list[ChainEvent] = []
         for entry in sorted(logs, key=lambda x: (x["blockNumber"], x["logIndex"])):
             key = (bytes(entry["blockHash"]), int(entry["logIndex"]))
@@ -118,9 +139,26 @@ class EventWatcher:
             )
         self.next_block = end + 1
         self._caught_up = end == safe
+        self._tip = tip
         horizon = self.next_block - self.reorg_depth - 1
         self._seen = {k: b for k, b in self._seen.items() if b >= horizon}
         return out
+
+    async def _block_hash(self, number: int) -> bytes | None:
+        try:
+            block = await self.client.get_block(number)
+        except ChainError:
+            raise
+        except Exception:  # BlockNotFound: the chain is shorter than that now
+            return None
+        return bytes(block["hash"])
+
+    async def _tip_unchanged(self) -> bool:
+        """The last block read is still on the chain, with the same hash (no reorg below
+        ``next_block``), and it is the block just before ``next_block``."""
+        if self._tip is None or self._tip[0] != self.next_block - 1 or self._tip[1] is None:
+            return False
+        return await self._block_hash(self._tip[0]) == self._tip[1]
 
     @property
     def caught_up(self) -> bool:
