@@ -153,6 +153,7 @@ async def deploy_once(s: Any, client: Any, emit: Any, rec: trace.Recorder) -> di
             marks.setdefault("assigned", time.monotonic() - t0)
 
     dep = await client.wait_deployed(job, timeout=DEPLOY_TIMEOUT, progress=progress)
+    status_from = client.last_status_source
     marks["deployed_verified"] = time.monotonic() - t0
     async with trio.open_nursery() as n:
         port = await n.start(client.connect, job, 0)
@@ -173,6 +174,7 @@ async def deploy_once(s: Any, client: Any, emit: Any, rec: trace.Recorder) -> di
         "provider": dep.provider,
         "total_s": round(t_first - t0, 3),
         "cpu_s": round(cpu, 3),
+        "status_from": status_from,  # push | gossip | query (how wait learned the status)
         **{f"{k}_s": round(v, 3) for k, v in marks.items()},
         "at_ms": at_ms,
         "steps_ms": steps_ms,

@@ -341,3 +341,35 @@ async def test_connect_right_after_wait_reuses_the_verification(world, monkeypat
             await n.start(client.connect, job, 0)
             assert reads and set(reads) == {job}
             n.cancel_scope.cancel()
+
+
+async def test_a_hanging_status_query_does_not_hold_up_the_push(world):
+    """Status queries run beside the wait: while the provider sits on a query, its push
+    (or gossip) is looked at at once (the wait used to block in the query, up to 10 s)."""
+    provider = world.providers[0].address
+    async with scripted_world(world, poll_interval=0.2) as (fake, client):
+        asked = trio.Event()
+
+        async def hang(framed, peer) -> None:
+            asked.set()
+            await trio.sleep(30)
+
+        fake.host.set_handler(STATUS_PROTOCOL, hang)
+        job = world.create_job(duration=600)
+        world.assign(job, 0, provider, world.checkers[:2])
+        digest = votes.assign_digest(world.kc.domain, job, 0, provider)
+        good = world.assign_sigs(job, 0, provider, world.checkers[:2])
+        frame = {"t": "status", "status": fake.status(world.providers[0], job, 0, digest).to_bytes(),
+                 "qc_sigs": good}  # fmt: skip
+        got = []
+        async with trio.open_nursery() as n:
+
+            async def wait() -> None:
+                got.append(await client.wait_deployed(job, timeout=5))
+
+            n.start_soon(wait)
+            with trio.fail_after(5):
+                await asked.wait()
+            async with fake.host.open_stream(client.host.peer_id, msg.NOTIFY_PROTOCOL) as framed:
+                await framed.send(frame)
+        assert got[0].qc_digest == digest and client.last_status_source == "push"

@@ -34,6 +34,7 @@ from typing import Any
 import trio
 from eth_utils import event_abi_to_log_topic
 from web3 import Web3
+from web3.exceptions import BlockNotFound
 
 from node.chain.client import ChainClient
 from node.chain.errors import ChainError
@@ -89,30 +90,20 @@ class EventWatcher:
         self._addresses = sorted({c.address for c in contracts})
 
     async def poll(self) -> list[ChainEvent]:
-        """One read: new confirmed events in chain order."""
-        head = await self.client.block_number()
-        safe = head - self.confirmations
-        if safe < self._from_block:
+        """One read: new confirmed events in chain order (one worker-thread hop)."""
+        self._polls += 1
+        got = await self.client.run(
+            self._read, self.next_block, self._tip, self._polls % REREAD_EVERY == 0
+        )
+        if got is None:
             self._caught_up = True  # nothing confirmed to read yet
             return []
+        safe, end, tip, logs = got
         # a shorter chain after a reorg: read again from where it now ends
         self.next_block = min(self.next_block, safe + 1)
-        self._polls += 1
-        if self._polls % REREAD_EVERY and await self._tip_unchanged():
-            start = self.next_block
-        else:
-            start = max(self._from_block, self.next_block - self.reorg_depth)
-        # catch up in bounded ranges: public nodes cap eth_getLogs spans
-        end = min(safe, self.next_block + self.max_range - 1)
-        if start > end:  # no new block since the last read, and no reorg
+        if logs is None:  # no new block since the last read, and no reorg
             self._caught_up = True
             return []
-        # the hash before the logs: a reorg in between makes the next poll re-read
-        tip = (end, await self._block_hash(end))
-        logs = await self.client.run(
-            self.client.w3.eth.get_logs,
-            {"fromBlock": start, "toBlock": end, "address": self._addresses},
-        )
         self.log_reads += 1
         out: list[ChainEvent] = []
         for entry in sorted(logs, key=lambda x: (x["blockNumber"], x["logIndex"])):
@@ -144,21 +135,39 @@ class EventWatcher:
         self._seen = {k: b for k, b in self._seen.items() if b >= horizon}
         return out
 
-    async def _block_hash(self, number: int) -> bytes | None:
-        try:
-            block = await self.client.get_block(number)
-        except ChainError:
-            raise
-        except Exception:  # BlockNotFound: the chain is shorter than that now
+    def _read(
+        self, next_block: int, tip: tuple[int, bytes | None] | None, reread: bool
+    ) -> tuple[int, int, tuple[int, bytes | None], list[Any] | None] | None:
+        """The chain reads of one poll (worker thread): None if nothing is confirmed
+        yet, else (safe head, last block read, its (number, hash), logs or None when
+        there was no block to read)."""
+        w3 = self.client.w3
+        safe = int(w3.eth.block_number) - self.confirmations
+        if safe < self._from_block:
             return None
-        return bytes(block["hash"])
+        next_block = min(next_block, safe + 1)
+        unchanged = (
+            not reread
+            and tip is not None
+            and tip[1] is not None
+            and tip[0] == next_block - 1
+            and self._block_hash(tip[0]) == tip[1]
+        )
+        start = next_block if unchanged else max(self._from_block, next_block - self.reorg_depth)
+        # catch up in bounded ranges: public nodes cap eth_getLogs spans
+        end = min(safe, next_block + self.max_range - 1)
+        if start > end:
+            return safe, end, (end, tip[1] if tip else None), None
+        # the hash before the logs: a reorg in between makes the next poll re-read
+        new_tip = (end, self._block_hash(end))
+        logs = w3.eth.get_logs({"fromBlock": start, "toBlock": end, "address": self._addresses})
+        return safe, end, new_tip, list(logs)
 
-    async def _tip_unchanged(self) -> bool:
-        """The last block read is still on the chain, with the same hash (no reorg below
-        ``next_block``), and it is the block just before ``next_block``."""
-        if self._tip is None or self._tip[0] != self.next_block - 1 or self._tip[1] is None:
-            return False
-        return await self._block_hash(self._tip[0]) == self._tip[1]
+    def _block_hash(self, number: int) -> bytes | None:
+        try:
+            return bytes(self.client.w3.eth.get_block(number)["hash"])
+        except BlockNotFound:  # the chain is shorter than that now
+            return None
 
     @property
     def caught_up(self) -> bool:

@@ -181,7 +181,9 @@ class Client:
         # used, trio time of the verification)
         self._verified: dict[int, tuple[verify.Deployment, int, float]] = {}
         self._heard = trio.Event()
+        self.heard_count = 0  # messages heard so far (a waiter compares it: no lost wake-up)
         self._started = False
+        self.last_status_source = ""  # push | gossip | query: what the last verification used
 
     # lifecycle -------------------------------------------------------------------
 
@@ -275,6 +277,7 @@ class Client:
         self._wake()
 
     def _wake(self) -> None:
+        self.heard_count += 1
         self._heard.set()
         self._heard = trio.Event()
 
@@ -539,6 +542,7 @@ class Client:
     ) -> verify.Deployment:
         job_id = job.job_id
         while True:
+            heard = self.heard_count
             if job.state == JOB_OPEN:
                 say("waiting for assignment")
                 w.missing = "the on-chain assignment (no checker quorum assigned the job yet)"
@@ -551,7 +555,7 @@ class Client:
                 if key not in w.proofs:  # read them while the container starts
                     w.proofs[key] = slot = _Proofs()
                     nursery.start_soon(self._read_proofs, job, slot)
-                found = self._still_verified(job) or await self._try_verify(job, w)
+                found = self._still_verified(job) or await self._try_verify(job, w, nursery)
                 if found is not None:
                     trace.mark("client_verified", job_id)
                     say("deployed")
@@ -563,7 +567,8 @@ class Client:
             # gossip or a push (a status, an ad), a block this process mined, or the poll
             head = self.chain.client.head_version
             next_read = w.read_at + self.poll_interval
-            await self._heard_something(max(0.0, next_read - trio.current_time()), head)
+            if self.heard_count == heard:  # else something arrived meanwhile: look now
+                await self._heard_something(max(0.0, next_read - trio.current_time()), head)
             if self.chain.client.head_version != head or trio.current_time() >= next_read:
                 job = await self.chain.get_job(job_id)
                 w.read_at = trio.current_time()
@@ -609,35 +614,37 @@ class Client:
             return None
         return got
 
-    async def _try_verify(self, job: Job, w: _Wait) -> verify.Deployment | None:
-        """Verify the deployment from the provider's status: pushed by the provider (with
-        its QC copy), or gossiped when live (the chain's QC alone then certifies the
-        assignment), else asked for over /kaisar/status/1 (its QC copy is verified too;
-        at most once per poll interval). Every non-empty QC source must verify against
-        the on-chain checker set. None: not up yet."""
-        slot = w.proofs[(job.round, job.provider)]
+    async def _try_verify(
+        self, job: Job, w: _Wait, nursery: trio.Nursery
+    ) -> verify.Deployment | None:
+        """Verify the deployment from the provider's status, the first of: pushed by the
+        provider (with its QC copy); gossiped when live (the chain's QC alone then
+        certifies the assignment); the provider's answer to a status query (its QC copy
+        is verified too). Queries run in the background, at most once per poll interval,
+        so a push or gossip is looked at while one is in flight. Every non-empty QC
+        source must verify against the on-chain checker set. None: not up yet."""
+        key = (job.round, job.provider)
+        slot = w.proofs[key]
+        env: wire.Envelope | None = None
         provider_sigs: list[bytes] = []
-        env: wire.Envelope | None
+        source = ""
         pushed = self._pushed_status(job)
         if pushed is not None:
-            env, provider_sigs = pushed
-        else:
-            env = self._gossiped_status(job)
-            if env is not None:
-                await slot.done.wait()
-                if not slot.get()[1]:  # no QC on chain to pair it with: ask the provider
-                    env = None
+            (env, provider_sigs), source = pushed, "push"
+        elif (gossiped := self._gossiped_status(job)) is not None:
+            await slot.done.wait()
+            if slot.get()[1]:  # a QC on chain to pair it with (else ask the provider)
+                env, source = gossiped, "gossip"
+        if env is None and key in w.answers:
+            (env, provider_sigs), source = w.answers[key], "query"
+            if env.body["state"] not in verify.LIVE_STATES and env.signer == job.provider:
+                env = None  # not up yet (or failed: checkers will move the job)
         if env is None:
             now = trio.current_time()
-            if now - w.queried_at < self.poll_interval:
-                return None
-            w.queried_at = now
-            got = await self._provider_status(job)
-            if got is None:
-                return None
-            env, provider_sigs = got
-        if env.body["state"] not in verify.LIVE_STATES and env.signer == job.provider:
-            return None  # not up yet (or failed: checkers will move the job)
+            if not w.querying and now - w.queried_at >= self.poll_interval:
+                w.querying, w.queried_at = True, now
+                nursery.start_soon(self._query, job, w)
+            return None
         trace.mark("client_got_status", job.job_id)
         await slot.done.wait()
         checkers, on_chain = slot.get()
@@ -650,7 +657,18 @@ class Client:
                 f"job {job.job_id}: deployment does not verify: {exc}"
             ) from None
         self._verified[job.job_id] = (dep, int(env.body["expiry"]), trio.current_time())
+        self.last_status_source = source
         return dep
+
+    async def _query(self, job: Job, w: _Wait) -> None:
+        """One status query to the assigned provider; its answer wakes the wait."""
+        try:
+            got = await self._provider_status(job)
+        finally:
+            w.querying = False
+        if got is not None:
+            w.answers[(job.round, job.provider)] = got
+            self._wake()
 
     # status, logs, close ------------------------------------------------------------
 
@@ -736,6 +754,9 @@ class _Wait:
     missing: str
     read_at: float  # trio time of the last chain read of the job
     queried_at: float = float("-inf")  # trio time of the last status query
+    querying: bool = False  # a status query is in flight
+    # (round, provider) -> the provider's latest answer to a status query (status, QC copy)
+    answers: dict[tuple[int, str], tuple[wire.Envelope, list[bytes]]] = field(default_factory=dict)
     proofs: dict[tuple[int, str], _Proofs] = field(default_factory=dict)
 
 

@@ -492,8 +492,10 @@ class ProviderService:
                         await framed.send(frame, timeout=NOTIFY_TIMEOUT)
                 sent += 1
             except Exception as exc:  # an old client without the handler, a reset, a timeout
-                log.debug("event=owner_notify_failed job=%d peer=%s err=%s", rec.job_id, peer, exc)
+                log.info("event=owner_notify_failed job=%d peer=%s err=%s", rec.job_id, peer, exc)
         self.owner_notified += sent
+        if not sent:
+            log.info("event=owner_not_notified job=%d owner=%s", rec.job_id, rec.owner)
         return sent
 
     async def _set_state(
