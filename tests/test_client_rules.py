@@ -208,15 +208,19 @@ async def test_wait_verifies_qc_and_provider_signature(world):
         assert 3 * dep.signed_stake >= 2 * dep.total_stake
 
 
-async def test_wait_takes_the_providers_push_only_from_the_provider_itself(world):
+async def test_wait_takes_the_providers_push_only_from_the_provider_itself(world, monkeypatch):
     """The provider pushes its signed status and QC copy to the waiting owner
     (/kaisar/notify/1): wait returns without gossip or a second status query. A push
     of that same genuine status from another peer, paired with a forged QC, is
     ignored (taken, it would fail the wait with VerificationFailed). Pushes for jobs
-    nobody waits for are not kept."""
+    nobody waits for are not kept; other peers' own statuses are kept only up to a cap,
+    which never crowds out the assigned provider's."""
+    import node.client.api as api
+
+    monkeypatch.setattr(api, "MAX_PUSHERS_PER_JOB", 1)
     provider = world.providers[0].address
-    idents = [world.providers[0], world.owner, ident("pusher")]
-    async with start_network(3, identities=idents) as (phost, chost, other):
+    idents = [world.providers[0], world.owner, ident("pusher"), ident("pusher2")]
+    async with start_network(4, identities=idents) as (phost, chost, other, other2):
         fake = Scripted(phost, world.providers[0])
         queries = []
 
@@ -258,6 +262,13 @@ async def test_wait_takes_the_providers_push_only_from_the_provider_itself(world
             await push(other, forged)
             await trio.sleep(0.3)
             assert not got and client._pushed == {}
+            for host, key in ((other, ident("pusher")), (other2, ident("pusher2"))):
+                own = fake.status(key, job, 0, digest).to_bytes()  # its own status
+                await chost.connect(host.addrs()[0])
+                async with host.open_stream(chost.peer_id, msg.NOTIFY_PROTOCOL) as framed:
+                    await framed.send({"t": "status", "status": own, "qc_sigs": forged})
+            await trio.sleep(0.3)
+            assert list(client._pushed) == [(job, ident("pusher").address)]  # the cap is full
             await push(phost, good)
         dep = got[0]
         assert dep.provider == provider and dep.qc_digest == digest and len(dep.qc_signers) == 2

@@ -66,6 +66,7 @@ STATUS_QUERY_TIMEOUT_S = 10.0
 MAX_IMAGE_BYTES = 256
 PUSH_TIMEOUT_S = 5.0  # a provider's status push must arrive within this once the stream opens
 MAX_PUSH_SIGS = 256
+MAX_PUSHERS_PER_JOB = 16  # distinct signers whose pushed status is kept per waited job
 QC_RECENT_BLOCKS = 64  # chain_qc looks for the assignment in the newest blocks first
 
 
@@ -177,6 +178,7 @@ class Client:
         # self._waiting only)
         self._pushed: dict[tuple[int, str], tuple[wire.Envelope, list[bytes]]] = {}
         self._waiting: dict[int, int] = {}  # job -> wait_deployed calls in progress
+        self._assigned_to: dict[int, str] = {}  # waited job -> provider the chain names
         # job -> (deployment verified by wait_deployed, expiry in ms of the status it
         # used, trio time of the verification)
         self._verified: dict[int, tuple[verify.Deployment, int, float]] = {}
@@ -272,7 +274,14 @@ class Client:
         job_id = env.body["job_id"]
         if job_id not in self._waiting:
             return  # nobody asked: keep nothing
-        self._pushed[(job_id, env.signer)] = (env, sigs)
+        key = (job_id, env.signer)
+        if (
+            key not in self._pushed
+            and env.signer != self._assigned_to.get(job_id)
+            and sum(k[0] == job_id for k in self._pushed) >= MAX_PUSHERS_PER_JOB
+        ):
+            return  # only the assigned provider's counts: others cannot crowd it out
+        self._pushed[key] = (env, sigs)
         self._peers[env.signer] = env.body["peer"]
         self._wake()
 
@@ -531,6 +540,7 @@ class Client:
             if left:
                 self._waiting[job_id] = left
             else:
+                self._assigned_to.pop(job_id, None)
                 for key in [k for k in self._pushed if k[0] == job_id]:
                     del self._pushed[key]
         raise WaitTimeout(
@@ -551,6 +561,7 @@ class Client:
                 say(f"assigned to {job.provider} round {job.round}")
                 say("waiting for provider")
                 w.missing = f"the provider's signed status (provider {job.provider} did not answer)"
+                self._assigned_to[job_id] = job.provider
                 key = (job.round, job.provider)
                 if key not in w.proofs:  # read them while the container starts
                     w.proofs[key] = slot = _Proofs()
