@@ -253,6 +253,11 @@ class Client:
         the QC are verified in ``_try_verify`` like a queried one."""
         obj = await framed.recv(max_size=msg.NOTIFY_MAX_BYTES, timeout=PUSH_TIMEOUT_S)
         try:
+            sender = peer_id_to_address(peer)
+        except Exception:  # not a secp256k1 peer id: no provider key pushes from there
+            log.info("event=push_rejected peer=%s reason=not a node key", peer)
+            return
+        try:
             if type(obj) is not dict or obj.get("t") != "status":
                 raise ValueError("not a status frame")
             sigs = obj.get("qc_sigs")
@@ -266,7 +271,7 @@ class Client:
                 network=self.host.network,
                 allowed_types=frozenset({"JobStatus"}),
             )
-            if env.signer != peer_id_to_address(peer):
+            if env.signer != sender:
                 raise ValueError(f"status signed by {env.signer}, pushed by another peer")
         except (ValueError, wire.WireError) as exc:
             log.info("event=push_rejected peer=%s reason=%s", peer, exc)
