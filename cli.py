@@ -45,11 +45,18 @@ def _areas_for(argv: list[str]) -> list[str]:
     return chosen or list(AREAS)
 
 
+def one_line(message: object) -> str:
+    """``message`` as one terminal line: line breaks (including the Unicode ones that
+    ``str.splitlines`` honours, e.g. U+0085) and other unprintable characters that a
+    user's argument or a file name carried are shown escaped, as ``repr`` writes them."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that exits 2 with one clear line (its default also exits 2, but prints usage)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"kaisar: error: {message} (see '{self.prog} --help')\n")
+        self.exit(2, f"kaisar: error: {one_line(message)} (see '{self.prog} --help')\n")
 
 
 def build_parser(areas: list[str] | None = None) -> argparse.ArgumentParser:
@@ -104,16 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"kaisar: error: {exc}", file=sys.stderr)
+        print(f"kaisar: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except BaseExceptionGroup as group:  # trio nurseries wrap errors raised in tasks
-        exc = find_user_error(group)
-        if exc is None:
+        user_error = find_user_error(group)
+        if user_error is None:
             _report_internal(group)
             return 1
-        print(f"kaisar: error: {exc}", file=sys.stderr)
+        print(f"kaisar: error: {one_line(user_error)}", file=sys.stderr)
         return 2
 
 

@@ -236,3 +236,21 @@ def test_streamed_b_product_equals_the_whole_matrix_product(n):
     prev = prg.matrix(b"\x06" * 32, b"A", n)[:5]
     want = recompute_rows(prev, prg.matrix(seed, b"B", n), 1)
     assert np.array_equal(streamed_product(seed, n, prev), want)
+
+
+def test_prover_refuses_a_step_whose_bands_do_not_cover_every_row():
+    # a backend that never reports the second band of step 2: no root may be made from
+    # half a step (the tree would be joined from the rows that happen to be hashed)
+    class DropsABand(NumpyBackend):
+        def run_chain(self, seed, n, rounds, stride, out, on_rows):
+            def report(c, r0, r1):
+                if (c, r0) != (2, n // 2):
+                    on_rows(c, r0, r1)
+
+            super().run_chain(seed, n, rounds, stride, out, report)
+
+    backend = DropsABand(threads=2)
+    if backend.bands(64) < 2:
+        pytest.skip("one band only: no thread-local BLAS setter")
+    with pytest.raises(PopwError, match="wrong number of steps"):
+        Prover(backend).commit(new_challenge(64, 3, 60.0))

@@ -89,13 +89,22 @@ class Prover:
         self._challenge = None  # the previous challenge's rows are overwritten from here on
         store = self._storage(ch.commits, ch.n)
         n = ch.n
-        # per committed step: the tree levels of each band of rows the backend reported
+        # per committed step: the tree levels of each band of rows reported so far, and
+        # the step's whole tree once its bands cover all n rows
         bands: list[list[tuple[int, list[list[bytes]]]]] = [[] for _ in range(ch.commits)]
+        levels: list[list[list[bytes]] | None] = [None] * ch.commits
+        joined = threading.Lock()
         pending: list[Future[None]] = []
 
         def hash_band(index: int, r0: int, r1: int) -> None:
             leaves = self._leaves(store[index - 1, r0:r1], whole=r1 - r0 == n)
-            bands[index - 1].append((r0, merkle.band_levels(leaves, r0, n)))
+            part = merkle.band_levels(leaves, r0, n)
+            with joined:
+                parts = bands[index - 1]
+                parts.append((r0, part))
+                complete = sum(len(lv[0]) for _, lv in parts) == n
+            if complete:  # the last band of the step joins the tree (in its own thread)
+                levels[index - 1] = merkle.join_bands([lv for _, lv in sorted(parts)], n)
 
         def on_rows(index: int, r0: int, r1: int) -> None:
             if self._hasher is not None:
@@ -107,13 +116,11 @@ class Prover:
         self.backend.run_chain(ch.seed, n, ch.rounds, ch.stride, store, on_rows)
         for f in pending:
             f.result()
-        require(all(bands), "backend committed the wrong number of steps")
-        levels = [
-            merkle.join_bands([lv for _, lv in sorted(parts, key=_first)], n) for parts in bands
-        ]
+        require(all(lv is not None for lv in levels), "backend committed the wrong number of steps")
+        done = [lv for lv in levels if lv is not None]
         elapsed = time.perf_counter() - t0
-        self._challenge, self._levels = ch, levels
-        return Commitment(ch.id, [merkle.root_of(lv) for lv in levels], elapsed, dict(self.device))
+        self._challenge, self._levels = ch, done
+        return Commitment(ch.id, [merkle.root_of(lv) for lv in done], elapsed, dict(self.device))
 
     def _storage(self, commits: int, n: int) -> np.ndarray:
         if self._store.shape[:2] != (commits, n):
@@ -154,6 +161,3 @@ class Prover:
         split_in_two(half, rows.shape[0], self._splitter)
         return halves[0] + halves[1]
 
-
-def _first(part: tuple[int, list[list[bytes]]]) -> int:
-    return part[0]
