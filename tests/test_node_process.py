@@ -74,13 +74,15 @@ def test_three_processes_gossip_and_stop_cleanly(tmp_path):
             for j, key in enumerate(keys):
                 if i != j:
                     wait_for_log(log, f"address={key['address']}")
-        # each node stops within 2 s of its own SIGTERM (one at a time, so the
+        # each node stops promptly on its own SIGTERM (one at a time, so the
         # others' shutdown does not share the measurement)
         for p in procs:
             t = time.monotonic()
             p.send_signal(signal.SIGTERM)
             assert p.wait(timeout=10) == 0
-            assert time.monotonic() - t < 2.0
+            # catches a shutdown that hangs on a task or connection (it would run into
+            # the 10 s wait above); not a speed goal, so loose enough for a loaded CI box
+            assert time.monotonic() - t < 5.0
         for log in logs:
             text = log.read_text()
             assert "event=shutdown signal=SIGTERM" in text
