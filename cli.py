@@ -49,7 +49,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that exits 2 with one clear line (its default also exits 2, but prints usage)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"kaisar: error: {message} (see '{self.prog} --help')\n")
+        self.exit(2, f"kaisar: error: {one_line(message)} (see '{self.prog} --help')\n")
 
 
 def build_parser(areas: list[str] | None = None) -> argparse.ArgumentParser:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"kaisar: error: {exc}", file=sys.stderr)
+        print(f"kaisar: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -113,8 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         if exc is None:
             _report_internal(group)
             return 1
-        print(f"kaisar: error: {exc}", file=sys.stderr)
+        print(f"kaisar: error: {one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def one_line(message: object) -> str:
+    """An error message on one line: control characters from user input (a file name
+    with a newline or a record separator) are shown escaped, not printed raw."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
 
 
 def _report_internal(group: BaseExceptionGroup) -> None:
