@@ -45,6 +45,13 @@ def _areas_for(argv: list[str]) -> list[str]:
     return chosen or list(AREAS)
 
 
+def one_line(message: object) -> str:
+    """``message`` as one terminal line: line breaks (including the Unicode ones that
+    ``str.splitlines`` honours, e.g. U+0085) and other unprintable characters that a
+    user's argument or a file name carried are shown escaped, as ``repr`` writes them."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that exits 2 with one clear line (its default also exits 2, but prints usage)."""
 
@@ -109,18 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BaseExceptionGroup as group:  # trio nurseries wrap errors raised in tasks
-        exc = find_user_error(group)
-        if exc is None:
+        user_error = find_user_error(group)
+        if user_error is None:
             _report_internal(group)
             return 1
-        print(f"kaisar: error: {one_line(exc)}", file=sys.stderr)
+        print(f"kaisar: error: {one_line(user_error)}", file=sys.stderr)
         return 2
-
-
-def one_line(message: object) -> str:
-    """An error message on one line: control characters from user input (a file name
-    with a newline or a record separator) are shown escaped, not printed raw."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
 
 
 def _report_internal(group: BaseExceptionGroup) -> None:

@@ -14,7 +14,7 @@ if [ -x scripts/dockerd.sh ]; then
 fi
 if [ -x scripts/install-anvil.sh ]; then scripts/install-anvil.sh || echo "test: anvil unavailable" >&2; fi
 ruff check node cli.py tests
-mypy node
+mypy node cli.py
 set +e
 python -m pytest -q "$@"
 rc=$?

@@ -161,3 +161,29 @@ async def test_a_job_event_after_the_engine_stopped_is_ignored(tmp_path):
         nursery.cancel_scope.cancel()
     await engine.start_job(SPEC, VIEW, 0, attempt=1, first_round=1)  # no ProgrammingError
     assert 1 not in engine.machines
+
+
+async def test_a_reopened_job_never_prevotes_twice_in_one_round(tmp_path):
+    """JobReassigned reopens a job at round + 1 in a new attempt (a new store). A prevote
+    this checker signed in the old attempt for a round >= the reopened one is carried
+    over, so the new attempt does not prevote another provider in that (job, round)."""
+    lead0, lead1 = (get_leader(CHECKERS, SPEC.job_id, r) for r in (0, 1))
+    me = next(k for k in KEYS if k.address not in (lead0, lead1))
+    leader1 = next(k for k in KEYS if k.address == lead1)
+    host = FakeHost(me)
+    async with trio.open_nursery() as nursery:
+        engine = AssignmentEngine(host, me, DOMAIN, CHECKERS, tmp_path, timeout_base=60)
+        await nursery.start(engine.run)
+        await engine.start_job(SPEC, VIEW, 0)
+        # attempt 0 moves on to round 1 (its leader's proposal for A): we prevote A there
+        await engine.on_message(Proposal(sign_prevote(leader1, DOMAIN, SPEC.job_id, 1, A)))
+        await trio.sleep(0.05)
+        assert {(v.round, v.provider) for v in engine.machine(0).store.assign_prevotes(SPEC.job_id)} == {(1, A)}
+        # the chain reopens the job at round 1; the round-1 leader now proposes B
+        host.sent.clear()
+        await engine.start_job(SPEC, VIEW, 0, attempt=1, first_round=1)
+        await engine.on_message(Proposal(sign_prevote(leader1, DOMAIN, SPEC.job_id, 1, B)))
+        await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    prevotes = [m.assignment_from(e) for e in host.sent if e.type == "AssignPrevoteMsg"]
+    assert not [(v.round, v.provider) for v in prevotes if v.round == 1 and v.provider != A]

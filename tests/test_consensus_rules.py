@@ -25,15 +25,19 @@ from node.consensus.evidence import (
 from node.consensus.qc import (
     AssignQC,
     InvalidVote,
-    build_assign_qc,
+    PrepareQC,
+    SignedAssignVote,
     build_popw_qc,
+    build_round_qc,
     has_quorum,
     is_valid_assign_qc,
     is_valid_popw_qc,
     sign_assign_vote,
     sign_popw_vote,
-    verify_assign_qc,
+    sign_prevote,
     verify_assign_vote,
+    verify_round_qc,
+    verify_round_vote,
 )
 from node.consensus.scheduler import (
     JobSpec,
@@ -57,8 +61,8 @@ def cset(stakes):
     return make_checker_set((IDS[i].address, s) for i, s in enumerate(stakes))
 
 
-def sigs(who, job=1, rnd=0, provider=PROVIDER, domain=DOMAIN):
-    return tuple(sign_assign_vote(IDS[i], domain, job, rnd, provider).signature for i in who)
+def sigs(who, job=1, rnd=0, provider=PROVIDER, domain=DOMAIN, sign=sign_assign_vote):
+    return tuple(sign(IDS[i], domain, job, rnd, provider).signature for i in who)
 
 
 # checker set ---------------------------------------------------------------------
@@ -166,34 +170,71 @@ def test_qc_unequal_stakes_boundary():
     assert not is_valid_assign_qc(DOMAIN, s, AssignQC(1, 0, PROVIDER, sigs([0, 1, 3])[:2]))
 
 
+QC_KINDS = [(AssignQC, sign_assign_vote), (PrepareQC, sign_prevote)]
+
+
+@pytest.mark.parametrize("kind, sign", QC_KINDS)
 @pytest.mark.parametrize(
-    "bad, reason",
+    "who, changes, reason",
     [
-        (lambda: AssignQC(1, 0, PROVIDER, sigs([0, 1]) + sigs([0])), "duplicate signer"),
-        (lambda: AssignQC(1, 0, PROVIDER, sigs([0, 1, 5])), "unknown signer"),
-        (lambda: AssignQC(1, 0, PROVIDER, sigs([0, 1, 2], domain=Domain(1))), "unknown signer"),
-        (lambda: AssignQC(1, 0, PROVIDER, sigs([0, 1, 2], job=2)), "unknown signer"),
-        (lambda: AssignQC(1, 0, PROVIDER, sigs([0, 1, 2], rnd=1)), "unknown signer"),
-        (lambda: AssignQC(1, 0, PROVIDER, sigs([0, 1, 2], provider=OTHER)), "unknown signer"),
-        (lambda: AssignQC(1, 0, PROVIDER, sigs([0, 1]) + (b"\x00" * 65,)), "malformed"),
-        (lambda: AssignQC(1, 0, PROVIDER, sigs([0, 1]) + (b"\x01" * 64,)), "malformed"),
+        ([0, 1, 0], {}, "duplicate signer"),
+        ([0, 1, 5], {}, "unknown signer"),
+        ([0, 1, 2], {"domain": Domain(1)}, "unknown signer"),
+        ([0, 1, 2], {"job": 2}, "unknown signer"),
+        ([0, 1, 2], {"rnd": 1}, "unknown signer"),
+        ([0, 1, 2], {"provider": OTHER}, "unknown signer"),
+        ([0, 1], {}, "stake below quorum"),
     ],
 )
-def test_qc_rejects(bad, reason):
+def test_qc_rejects(kind, sign, who, changes, reason):
     s = cset([1, 1, 1, 1])
     with pytest.raises(InvalidVote, match=reason):
-        verify_assign_qc(DOMAIN, s, bad())
+        verify_round_qc(DOMAIN, s, kind(1, 0, PROVIDER, sigs(who, sign=sign, **changes)))
 
 
-def test_build_qc_needs_quorum_and_drops_bad_signatures():
+@pytest.mark.parametrize("kind, sign", QC_KINDS)
+@pytest.mark.parametrize("junk", [b"\x00" * 65, b"\x01" * 64])
+def test_qc_rejects_malformed_signatures(kind, sign, junk):
+    with pytest.raises(InvalidVote, match="malformed"):
+        verify_round_qc(DOMAIN, cset([1, 1, 1, 1]), kind(1, 0, PROVIDER, sigs([0, 1], sign=sign) + (junk,)))
+
+
+@pytest.mark.parametrize("kind, sign", QC_KINDS)
+def test_qc_rejects_negative_job_or_round(kind, sign):
+    good = sigs([0, 1, 2], sign=sign)
+    for job, rnd in ((-1, 0), (1, -1)):
+        with pytest.raises(InvalidVote, match="negative job or round"):
+            verify_round_qc(DOMAIN, cset([1, 1, 1, 1]), kind(job, rnd, PROVIDER, good))
+
+
+def test_qc_kinds_do_not_mix():
+    # the struct is part of the digest: 3 of 4 prevotes are no AssignQC, and 3 of 4
+    # AssignVotes no PrepareQC (each recovers to strangers)
     s = cset([1, 1, 1, 1])
-    good = {IDS[i].address: sig for i, sig in zip([0, 1], sigs([0, 1]), strict=True)}
-    assert build_assign_qc(DOMAIN, s, 1, 0, PROVIDER, good) is None
-    good[IDS[2].address] = sigs([3])[0]  # signer label does not match the signature
-    assert build_assign_qc(DOMAIN, s, 1, 0, PROVIDER, good) is None
-    good[IDS[2].address] = sigs([2])[0]
-    built = build_assign_qc(DOMAIN, s, 1, 0, PROVIDER, good)
-    assert built is not None and is_valid_assign_qc(DOMAIN, s, built)
+    verify_round_qc(DOMAIN, s, PrepareQC(1, 0, PROVIDER, sigs([0, 1, 2], sign=sign_prevote)))
+    verify_round_qc(DOMAIN, s, AssignQC(1, 0, PROVIDER, sigs([0, 1, 2])))
+    with pytest.raises(InvalidVote, match="unknown signer"):
+        verify_round_qc(DOMAIN, s, AssignQC(1, 0, PROVIDER, sigs([0, 1, 2], sign=sign_prevote)))
+    with pytest.raises(InvalidVote, match="unknown signer"):
+        verify_round_qc(DOMAIN, s, PrepareQC(1, 0, PROVIDER, sigs([0, 1, 2])))
+    prevote = sign_prevote(IDS[0], DOMAIN, 1, 0, PROVIDER)
+    as_vote = SignedAssignVote(1, 0, PROVIDER, prevote.signer, prevote.signature)
+    with pytest.raises(InvalidVote, match="bad signature"):
+        verify_round_vote(DOMAIN, s, as_vote)
+
+
+@pytest.mark.parametrize("kind, sign", QC_KINDS)
+def test_build_qc_needs_quorum_and_drops_bad_signatures(kind, sign):
+    s = cset([1, 1, 1, 1])
+    good = {IDS[i].address: sig for i, sig in zip([0, 1], sigs([0, 1], sign=sign), strict=True)}
+    good[IDS[5].address] = sigs([5], sign=sign)[0]  # a stranger's valid signature
+    assert build_round_qc(kind, DOMAIN, s, 1, 0, PROVIDER, good) is None
+    good[IDS[2].address] = sigs([3], sign=sign)[0]  # signer label does not match the signature
+    assert build_round_qc(kind, DOMAIN, s, 1, 0, PROVIDER, good) is None
+    good[IDS[2].address] = sigs([2], sign=sign)[0]
+    built = build_round_qc(kind, DOMAIN, s, 1, 0, PROVIDER, good)
+    assert type(built) is kind and len(built.signatures) == 3
+    verify_round_qc(DOMAIN, s, built)
     signers = [qc.recover_signer(built.digest(DOMAIN), x) for x in built.signatures]
     assert signers == sorted(signers, key=str.lower)  # ascending, as the contract wants
 

@@ -147,13 +147,14 @@ def test_random_words_exit_0_or_2(monkeypatch, argv):
     + [["keys", "show", "{garbage}"], ["node", "--role", "provider", "--config", "{garbage}"],
        ["client", "ls", "--devnet", "{garbage}"],
        ["client", "ls", "--rpc", "x", "--key", "{garbage}", "--deployment", "{garbage}"],
-       ["keys", "show", "--json", "\x1e"], ["keys", "show", "a\nb"]],
+       ["node", "--role", "provider", "--config", "a\x85b"], ["keys", "show", "x\u2028y"],
+       ["client", "status", "1\n2"], ["--bogus\r"]],
 )  # fmt: skip
 def test_found_by_fuzzing(files, monkeypatch, argv):
     """Each of these printed a traceback: inf/nan/huge --max-price (OverflowError,
     InvalidOperation, decimal.Overflow), a binary file as key, config or --devnet
-    (UnicodeDecodeError). A file name with a record separator or a newline broke the
-    error message over two lines."""
+    (UnicodeDecodeError). The last four split the error over two lines: a line break in
+    an argument (U+0085 NEL, U+2028, newline, carriage return) echoed in the message."""
     argv = [a.replace("{garbage}", str(files / "garbage.bin")) for a in argv]
     code, err = run_main(argv, monkeypatch)
     check(argv, code, err)

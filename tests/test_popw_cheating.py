@@ -107,9 +107,9 @@ def test_unreduced_previous_row_fails():
     from node.popw.testing import TamperingBackend
     from node.popw.verifier import check_openings
 
-    def tamper(index, rows):
-        if index == 1:
-            rows[5, 0] += 5
+    def tamper(index, rows, first):
+        if index == 1 and first <= 5 < first + len(rows):
+            rows[5 - first, 0] += 5
         return rows
 
     ch = new_challenge(32, 3, GENEROUS)

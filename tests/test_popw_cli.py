@@ -71,6 +71,9 @@ def test_bench_json_fields(tiny, capsys):
         # ratios only: tiny sizes on a shared machine give noisy values
         assert r["prover_over_matmul"] > 0 and r["verifier_over_prover"] > 0
         assert r["k"] == 16
+        # the numpy baseline cut into the prover's row bands, next to the BLAS's own
+        assert r["banded_matmul_s"] > 0 and r["prover_over_banded_matmul"] > 0
+        assert r["bands"] >= 1
     assert 0 < out["duty_cycle"]["fraction"] < 1
 
 

@@ -6,7 +6,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from node.popw import merkle, prg
+from node.popw import blas, merkle, prg
 from node.popw.backends import NumpyBackend
 from node.popw.challenge import (
     MODULUS,
@@ -95,19 +95,23 @@ def test_float_chain_is_exact(n):
     ch = new_challenge(n, 4, 10.0)
     got = []
     out = merkle.leaf_storage(4, n)
-    NumpyBackend().run_chain(ch.seed, n, 4, 1, out, lambda i: got.append(out[i - 1, :, 1:]))
-    for ours, ref in zip(got, int64_chain(ch.seed, n, 4), strict=True):
-        assert np.array_equal(ours, ref)
+    NumpyBackend().run_chain(ch.seed, n, 4, 1, out, lambda *band: got.append(band))
+    # every row of every step reported exactly once (one band per thread at n = 128)
+    assert sorted((i, r) for i, r0, r1 in got for r in range(r0, r1)) == [
+        (i, r) for i in range(1, 5) for r in range(n)
+    ]
+    for i, ref in enumerate(int64_chain(ch.seed, n, 4)):
+        assert np.array_equal(out[i, :, 1:], ref)
 
 
 def test_stride_commits_every_stride_steps():
     ch = new_challenge(32, 6, 10.0, stride=3)
     got = []
     out = merkle.leaf_storage(2, 32)
-    NumpyBackend().run_chain(ch.seed, 32, 6, 3, out, lambda i: got.append((i, out[i - 1, :, 1:])))
+    NumpyBackend().run_chain(ch.seed, 32, 6, 3, out, lambda *band: got.append(band))
     ref = int64_chain(ch.seed, 32, 6)
-    assert [i for i, _ in got] == [1, 2]
-    assert np.array_equal(got[0][1], ref[2]) and np.array_equal(got[1][1], ref[5])
+    assert got == [(1, 0, 32), (2, 0, 32)]
+    assert np.array_equal(out[0, :, 1:], ref[2]) and np.array_equal(out[1, :, 1:], ref[5])
 
 
 @pytest.mark.parametrize("n,rounds,stride", [(64, 3, 1), (256, 4, 2)])
@@ -138,12 +142,18 @@ def reference_roots(ch):
 
 
 @pytest.mark.parametrize(
-    "n,threads,pipeline", [(64, 1, False), (64, 2, True), (1024, 2, False), (2048, 2, False)]
-)
+    "n,threads,pipeline",
+    [(64, 1, False), (64, 2, True), (128, 4, False), (256, 4, False), (1024, 2, False),
+     (2048, 2, False)],
+)  # fmt: skip
 def test_every_prover_path_commits_the_same_roots(n, threads, pipeline):
-    # two-band reduction from n = 512, two-thread leaf hashing from n = 2048, hashing in
-    # a worker thread (the GPU backends' pipeline), storage reused by a second challenge
-    prover = Prover(NumpyBackend(threads=threads), pipeline=pipeline)
+    # one band; row bands on 2 or 4 threads (bands of 32 and 64 rows: subtrees that end
+    # below the top group), hashing in a worker thread (the GPU backends' pipeline),
+    # storage reused by a second challenge
+    backend = NumpyBackend(threads=threads)
+    if threads > 1 and blas.local_setter() is not None:
+        assert backend.bands(n) == min(threads, n // 32)
+    prover = Prover(backend, pipeline=pipeline)
     for rounds in (2, 2) if n < 2048 else (1,):
         ch = new_challenge(n, rounds, 60.0)
         assert prover.commit(ch).roots == reference_roots(ch)
@@ -159,6 +169,15 @@ def test_invalid_challenges_are_refused(field, value):
     validate_challenge(ch)
     with pytest.raises(PopwError):
         validate_challenge(Challenge(**{**ch.__dict__, field: value}))
+
+
+@pytest.mark.parametrize("n,bands", [(16, 2), (64, 2), (256, 4), (2048, 2), (2048, 8)])
+def test_tree_joined_from_bands_equals_the_whole_tree(n, bands):
+    leaves = merkle.leaf_hashes(prg.matrix(b"\x07" * 32, b"A", n).astype(np.int8))
+    h = n // bands
+    parts = [merkle.band_levels(leaves[r0 : r0 + h], r0, n) for r0 in range(0, n, h)]
+    assert merkle.join_bands(parts, n) == merkle.build_levels(leaves)
+    assert merkle.join_bands([merkle.band_levels(leaves, 0, n)], n) == merkle.build_levels(leaves)
 
 
 @pytest.mark.parametrize("n", [16, 32, 256, 2048])
@@ -192,7 +211,7 @@ def test_merkle_root_of_a_two_level_tree_by_hand():
 
 
 def test_single_threaded_blas_gives_the_same_products():
-    from node.popw.blas import _local_setter, single_threaded_blas
+    from node.popw.blas import local_setter, single_threaded_blas
 
     b = prg.matrix(b"\x05" * 32, b"B", 256)
     x = prg.matrix(b"\x06" * 32, b"A", 256)[:16]
@@ -200,7 +219,38 @@ def test_single_threaded_blas_gives_the_same_products():
     with single_threaded_blas():
         inside = x @ b
     assert np.array_equal(inside, outside)
-    setter = _local_setter()
+    setter = local_setter()
     if setter is not None:  # numpy's bundled OpenBLAS: the thread-local setter restores
         with single_threaded_blas():
             assert setter(1) == 1
+
+
+@pytest.mark.parametrize("n", [16, 128, 256])
+def test_streamed_b_product_equals_the_whole_matrix_product(n):
+    # the checker streams B through the cache in blocks (verifier.streamed_product)
+    from node.popw.verifier import recompute_rows, streamed_product
+
+    seed = b"\x05" * 32
+    blocks = list(prg.matrix_blocks(seed, b"B", n, 8))
+    assert [r0 for r0, _ in blocks] == list(range(0, n, 8))
+    prev = prg.matrix(b"\x06" * 32, b"A", n)[:5]
+    want = recompute_rows(prev, prg.matrix(seed, b"B", n), 1)
+    assert np.array_equal(streamed_product(seed, n, prev), want)
+
+
+def test_prover_refuses_a_step_whose_bands_do_not_cover_every_row():
+    # a backend that never reports the second band of step 2: no root may be made from
+    # half a step (the tree would be joined from the rows that happen to be hashed)
+    class DropsABand(NumpyBackend):
+        def run_chain(self, seed, n, rounds, stride, out, on_rows):
+            def report(c, r0, r1):
+                if (c, r0) != (2, n // 2):
+                    on_rows(c, r0, r1)
+
+            super().run_chain(seed, n, rounds, stride, out, report)
+
+    backend = DropsABand(threads=2)
+    if backend.bands(64) < 2:
+        pytest.skip("one band only: no thread-local BLAS setter")
+    with pytest.raises(PopwError, match="wrong number of steps"):
+        Prover(backend).commit(new_challenge(64, 3, 60.0))

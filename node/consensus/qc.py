@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TypeVar
 
 from eth_keys.exceptions import BadSignature
 
@@ -64,16 +65,20 @@ def recover_signer(digest: bytes, signature: bytes) -> str | None:
         return None
 
 
-# Assignment votes -----------------------------------------------------------
+# Round votes and certificates ------------------------------------------------------
+#
+# An assignment round has two votes of the same shape, (job, round, provider), signed
+# over two EIP-712 structs: the off-chain prevote (``PrevoteStruct``) and the on-chain
+# ``AssignVote`` (a precommit). Their certificates are the PrepareQC and the AssignQC.
+# One rule checks a vote of either kind (``verify_round_vote``), one a certificate of
+# either kind (``verify_round_qc``), and one builds either (``build_round_qc``); the
+# struct is the only difference, and it is part of the digest, so a prevote can never
+# pass as an AssignVote or the other way round (it recovers to a stranger).
 
 
 @dataclass(frozen=True)
-class SignedAssignVote:
-    """``signer`` says: job ``job_id`` in round ``round`` goes to ``provider``.
-
-    The on-chain vote: a checker's precommit, signed only on a PrepareQC for the same
-    (job, round, provider) (``assignment.may_precommit``).
-    """
+class RoundVote:
+    """``signer``'s signature over (job_id, round, provider); the subclass names the struct."""
 
     job_id: int
     round: int
@@ -82,12 +87,13 @@ class SignedAssignVote:
     signature: bytes
 
     def digest(self, domain: Domain) -> bytes:
-        return assign_digest(domain, self.job_id, self.round, self.provider)
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
-class AssignQC:
-    """>= 2/3 of checker stake signed AssignVote(job_id, round, provider)."""
+class RoundQC:
+    """Signatures of >= 2/3 of checker stake over one (job_id, round, provider) struct,
+    sorted by signer address; the subclass names the struct."""
 
     job_id: int
     round: int
@@ -95,33 +101,57 @@ class AssignQC:
     signatures: tuple[bytes, ...]
 
     def digest(self, domain: Domain) -> bytes:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class SignedPrevote(RoundVote):
+    """``signer`` prevotes: job ``job_id`` in round ``round`` should go to ``provider``."""
+
+    def digest(self, domain: Domain) -> bytes:
+        return prevote_digest(domain, self.job_id, self.round, self.provider)
+
+
+@dataclass(frozen=True)
+class SignedAssignVote(RoundVote):
+    """``signer`` says: job ``job_id`` in round ``round`` goes to ``provider``.
+
+    The on-chain vote: a checker's precommit, signed only on a PrepareQC for the same
+    (job, round, provider) (``assignment.may_precommit``).
+    """
+
+    def digest(self, domain: Domain) -> bytes:
         return assign_digest(domain, self.job_id, self.round, self.provider)
 
 
-def sign_assign_vote(
-    identity: Identity, domain: Domain, job_id: int, round_: int, provider: str
-) -> SignedAssignVote:
-    digest = assign_digest(domain, job_id, round_, provider)
-    return SignedAssignVote(
-        job_id, round_, provider, identity.address, votes.sign(identity, digest)
-    )
+@dataclass(frozen=True)
+class PrepareQC(RoundQC):
+    """>= 2/3 of checker stake prevoted (job_id, round, provider): a "polka".
+
+    Checkers lock on it: they sign the on-chain ``AssignVote`` only for a round and
+    provider with a PrepareQC, and a later proposal may carry one as its justification.
+    """
+
+    def digest(self, domain: Domain) -> bytes:
+        return prevote_digest(domain, self.job_id, self.round, self.provider)
 
 
-def verify_assign_vote(domain: Domain, checkers: CheckerSet, vote: SignedAssignVote) -> None:
+@dataclass(frozen=True)
+class AssignQC(RoundQC):
+    """>= 2/3 of checker stake signed AssignVote(job_id, round, provider): the decision
+    the chain takes (``Escrow.assign``) and the provider deploys on."""
+
+    def digest(self, domain: Domain) -> bytes:
+        return assign_digest(domain, self.job_id, self.round, self.provider)
+
+
+def verify_round_vote(domain: Domain, checkers: CheckerSet, vote: RoundVote) -> None:
     """Raise InvalidVote unless ``vote`` is a checker's own signature over its fields."""
     # The signer is an active checker
     require(vote.signer in checkers, "signer is not an active checker")
-    # The signature recovers to the claimed signer under our domain (no replay from
-    # another chain, contract, job, round or provider)
+    # The signature recovers to the signer under our domain and the vote's struct (no
+    # replay from another chain, contract, vote kind, job, round or provider)
     require(recover_signer(vote.digest(domain), vote.signature) == vote.signer, "bad signature")
-
-
-def is_valid_assign_vote(domain: Domain, checkers: CheckerSet, vote: SignedAssignVote) -> bool:
-    try:
-        verify_assign_vote(domain, checkers, vote)
-    except InvalidVote:
-        return False
-    return True
 
 
 def recover_signers(digest: bytes, signatures: Iterable[bytes]) -> list[str | None]:
@@ -131,7 +161,7 @@ def recover_signers(digest: bytes, signatures: Iterable[bytes]) -> list[str | No
 def verify_quorum_signatures(
     digest: bytes, signatures: tuple[bytes, ...], checkers: CheckerSet
 ) -> None:
-    """The rule a contract applies to any certificate's signature list."""
+    """The rule a contract applies to any certificate's signature list (also PoPW)."""
     signers = recover_signers(digest, signatures)
     # Every signature is well formed
     require(all(s is not None for s in signers), "malformed signature")
@@ -143,19 +173,55 @@ def verify_quorum_signatures(
     require(has_quorum(checkers.stake_of_all(signers), checkers.total_stake), "stake below quorum")  # type: ignore[arg-type]
 
 
-def verify_assign_qc(domain: Domain, checkers: CheckerSet, qc: AssignQC) -> None:
-    """Raise InvalidVote unless ``qc`` certifies its assignment under ``domain``."""
+def verify_round_qc(domain: Domain, checkers: CheckerSet, qc: RoundQC) -> None:
+    """Raise InvalidVote unless ``qc`` certifies its (job, round, provider) under
+    ``domain`` and its struct (a PrepareQC: prevotes; an AssignQC: AssignVotes)."""
     # The certificate names a job, a round and a provider
     require(qc.job_id >= 0 and qc.round >= 0, "negative job or round")
+    # Well-formed signatures of distinct known checkers holding >= 2/3 of the stake
     verify_quorum_signatures(qc.digest(domain), qc.signatures, checkers)
 
 
-def is_valid_assign_qc(domain: Domain, checkers: CheckerSet, qc: AssignQC) -> bool:
-    try:
-        verify_assign_qc(domain, checkers, qc)
-    except (InvalidVote, ValueError):
-        return False
-    return True
+QC = TypeVar("QC", bound=RoundQC)
+
+
+def build_round_qc(
+    kind: type[QC],
+    domain: Domain,
+    checkers: CheckerSet,
+    job_id: int,
+    round_: int,
+    provider: str,
+    signatures: dict[str, bytes],
+) -> QC | None:
+    """A ``kind`` certificate from ``{signer: signature}`` if the valid ones reach
+    quorum, else None. Invalid entries (strangers, signatures that do not recover to
+    their signer) are dropped; the rest are sorted by signer, as the contract wants."""
+    digest = kind(job_id, round_, provider, ()).digest(domain)
+    good = {
+        s: sig
+        for s, sig in signatures.items()
+        if s in checkers and recover_signer(digest, sig) == s
+    }
+    if not has_quorum(checkers.stake_of_all(good), checkers.total_stake):
+        return None
+    return kind(job_id, round_, provider, tuple(good[s] for s in sorted(good, key=str.lower)))
+
+
+# The same rules under the names the machine, the provider and the client read best.
+verify_prevote = verify_assign_vote = verify_round_vote
+verify_prepare_qc = verify_assign_qc = verify_round_qc
+
+
+def build_prepare_qc(
+    domain: Domain,
+    checkers: CheckerSet,
+    job_id: int,
+    round_: int,
+    provider: str,
+    signatures: dict[str, bytes],
+) -> PrepareQC | None:
+    return build_round_qc(PrepareQC, domain, checkers, job_id, round_, provider, signatures)
 
 
 def build_assign_qc(
@@ -166,51 +232,37 @@ def build_assign_qc(
     provider: str,
     signatures: dict[str, bytes],
 ) -> AssignQC | None:
-    """QC from ``{signer: signature}`` if the valid ones reach quorum, else None."""
+    return build_round_qc(AssignQC, domain, checkers, job_id, round_, provider, signatures)
+
+
+def is_valid_assign_vote(domain: Domain, checkers: CheckerSet, vote: SignedAssignVote) -> bool:
+    try:
+        verify_round_vote(domain, checkers, vote)
+    except InvalidVote:
+        return False
+    return True
+
+
+def is_valid_assign_qc(domain: Domain, checkers: CheckerSet, qc: AssignQC) -> bool:
+    try:
+        verify_round_qc(domain, checkers, qc)
+    except (InvalidVote, ValueError):
+        return False
+    return True
+
+
+def sign_assign_vote(
+    identity: Identity, domain: Domain, job_id: int, round_: int, provider: str
+) -> SignedAssignVote:
     digest = assign_digest(domain, job_id, round_, provider)
-    good = {
-        s: sig
-        for s, sig in signatures.items()
-        if s in checkers and recover_signer(digest, sig) == s
-    }
-    if not has_quorum(checkers.stake_of_all(good), checkers.total_stake):
-        return None
-    ordered = tuple(good[s] for s in sorted(good, key=str.lower))
-    return AssignQC(job_id, round_, provider, ordered)
+    return SignedAssignVote(job_id, round_, provider, identity.address, votes.sign(identity, digest))
 
 
-# Prevotes and prepare certificates (off-chain) -----------------------------------
-
-
-@dataclass(frozen=True)
-class SignedPrevote:
-    """``signer`` prevotes: job ``job_id`` in round ``round`` should go to ``provider``."""
-
-    job_id: int
-    round: int
-    provider: str
-    signer: str
-    signature: bytes
-
-    def digest(self, domain: Domain) -> bytes:
-        return prevote_digest(domain, self.job_id, self.round, self.provider)
-
-
-@dataclass(frozen=True)
-class PrepareQC:
-    """>= 2/3 of checker stake prevoted (job_id, round, provider): a "polka".
-
-    Checkers lock on it: they sign the on-chain ``AssignVote`` only for a round and
-    provider with a PrepareQC, and a later proposal may carry one as its justification.
-    """
-
-    job_id: int
-    round: int
-    provider: str
-    signatures: tuple[bytes, ...]
-
-    def digest(self, domain: Domain) -> bytes:
-        return prevote_digest(domain, self.job_id, self.round, self.provider)
+def sign_prevote(
+    identity: Identity, domain: Domain, job_id: int, round_: int, provider: str
+) -> SignedPrevote:
+    digest = prevote_digest(domain, job_id, round_, provider)
+    return SignedPrevote(job_id, round_, provider, identity.address, votes.sign(identity, digest))
 
 
 @dataclass(frozen=True)
@@ -234,63 +286,17 @@ class Proposal:
         return self.prevote.provider
 
 
-def sign_prevote(
-    identity: Identity, domain: Domain, job_id: int, round_: int, provider: str
-) -> SignedPrevote:
-    digest = prevote_digest(domain, job_id, round_, provider)
-    return SignedPrevote(job_id, round_, provider, identity.address, votes.sign(identity, digest))
-
-
-def verify_prevote(domain: Domain, checkers: CheckerSet, vote: SignedPrevote) -> None:
-    """Raise InvalidVote unless ``vote`` is a checker's own prevote over its fields."""
-    # The signer is an active checker
-    require(vote.signer in checkers, "signer is not an active checker")
-    # The signature recovers to the signer under our domain and the prevote struct
-    require(recover_signer(vote.digest(domain), vote.signature) == vote.signer, "bad signature")
-
-
-def verify_prepare_qc(domain: Domain, checkers: CheckerSet, qc: PrepareQC) -> None:
-    """Raise InvalidVote unless ``qc`` holds prevotes of >= 2/3 of stake for its fields."""
-    # The certificate names a job, a round and a provider
-    require(qc.job_id >= 0 and qc.round >= 0, "negative job or round")
-    verify_quorum_signatures(qc.digest(domain), qc.signatures, checkers)
-
-
 def verify_proposal(domain: Domain, checkers: CheckerSet, proposal: Proposal) -> None:
     """Raise InvalidVote unless ``proposal`` is the round leader's prevote, justified if
     it carries a PrepareQC (the leader is checked by the caller: ``is_proposal``)."""
-    verify_prevote(domain, checkers, proposal.prevote)
+    verify_round_vote(domain, checkers, proposal.prevote)
     j = proposal.justify
     if j is not None:
         # The justification is for the same job and provider
         require((j.job_id, j.provider) == (proposal.job_id, proposal.provider), "foreign justify")
         # ...from an earlier round
         require(j.round < proposal.round, "justify not from an earlier round")
-        verify_prepare_qc(domain, checkers, j)
-
-
-def build_prepare_qc(
-    domain: Domain,
-    checkers: CheckerSet,
-    job_id: int,
-    round_: int,
-    provider: str,
-    signatures: dict[str, bytes],
-) -> PrepareQC | None:
-    """PrepareQC from ``{signer: signature}`` if the valid ones reach quorum, else None."""
-    digest = prevote_digest(domain, job_id, round_, provider)
-    good = _good_signatures(digest, checkers, signatures)
-    if not has_quorum(checkers.stake_of_all(good), checkers.total_stake):
-        return None
-    return PrepareQC(job_id, round_, provider, tuple(good[s] for s in sorted(good, key=str.lower)))
-
-
-def _good_signatures(digest: bytes, checkers: CheckerSet, signatures: dict[str, bytes]) -> dict:
-    return {
-        s: sig
-        for s, sig in signatures.items()
-        if s in checkers and recover_signer(digest, sig) == s
-    }
+        verify_round_qc(domain, checkers, j)
 
 
 # PoPW votes ----------------------------------------------------------------

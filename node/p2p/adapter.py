@@ -36,8 +36,12 @@ covered by a test in tests/test_p2p_adapter.py that fails without it.
 8. Lost pubsub peers. Pubsub opens its stream to a new peer from the ``connected``
    notifee and gives up after a few retries; when that fails (seen ~1 in 4 devnet starts
    of 25 nodes) the peer stays connected but never exchanges subscriptions and never
-   joins a mesh. ``KaisarHost`` re-registers such peers every PUBSUB_REPAIR_INTERVAL
-   with ``Pubsub.ensure_peer_stream``.
+   joins a mesh. ``KaisarHost`` re-registers such peers with
+   ``Pubsub.ensure_peer_stream``: one attempt per peer at a time, each allowed
+   PUBSUB_REPAIR_TIMEOUT, retried with a doubling wait (an earlier version cut each
+   attempt off after PUBSUB_REPAIR_INTERVAL = 1 s and started another: in a busy
+   process, where a stream negotiation takes longer, the peer was never registered and
+   every second left a half-negotiated stream behind).
 9. Teardown race. When hosts stop while gossip is in flight, pubsub's stream reader
    schedules ``push_msg`` on its service manager after that manager's nursery closed,
    and ``RuntimeError("Nursery is closed to new arrivals")`` escapes the host (seen in
@@ -80,6 +84,29 @@ covered by a test in tests/test_p2p_adapter.py that fails without it.
    that minute stays cut off from everyone that tried to reach it meanwhile (seen in
    the restart tests: ~60 s without gossip). The TTL is set to DIAL_NEGATIVE_CACHE_TTL
    per swarm (``shorten_dial_negative_cache``); our own dial loops back off anyway.
+17. GossipSub mesh churn (seen: 16 checkers fully connected, one of them cut off from
+   ``assign/1`` for a minute, "GRAFT flood detected ... applying penalty" in the log).
+   Upstream departs from the gossipsub v1.1 spec in three ways that together do it once a
+   host has more subscribed peers than ``degree_high``:
+   a. *Opportunistic grafting on every heartbeat.* The spec grafts up to 2 peers every 60
+      heartbeats and only when the mesh's median score is below a threshold; upstream
+      grafts 2 peers every heartbeat whenever candidates score >= that threshold, which
+      with no score parameters (all scores 0) is every peer: the mesh grows past
+      ``degree_high``, is pruned back to ``degree``, and grows again, 5 times a second.
+   b. *No backoff on the pruning side.* The spec has both the pruned and the pruning
+      peer back off from each other; upstream's heartbeat prune records nothing, so the
+      pruner re-grafts the peer it just pruned (by a.), the pruned peer sees a GRAFT
+      inside its backoff ("GRAFT flood"), PRUNEs back, and both stay apart for
+      ``prune_back_off`` (60 s). Within a few seconds a host can be backed off from
+      every peer: an empty mesh, and no IHAVE either (upstream gossips only to peers
+      not in backoff), so it hears nothing on the topic for a minute.
+   c. *Control messages leak between peers.* ``_emit_control_msgs`` builds its GRAFT,
+      PRUNE and IHAVE lists once outside its per-peer loop, so every peer gets the
+      GRAFTs (and any PRUNEs) meant for the peers before it.
+   ``KaisarGossipSub`` skips opportunistic grafting (it only helps with score
+   parameters, which we do not set: our validators reject bad messages instead), backs
+   off from the peers it prunes, and builds each peer's control message from that
+   peer's own entries.
 """
 
 from __future__ import annotations
@@ -93,6 +120,8 @@ import libp2p.network.swarm as _swarm
 import libp2p.pubsub.pubsub as _pubsub
 import libp2p.stream_muxer.yamux.yamux as _yamux
 import trio
+from libp2p.pubsub.gossipsub import GossipSub as _GossipSub
+from libp2p.pubsub.pb import rpc_pb2 as _rpc_pb2
 from libp2p.pubsub.rpc_queue import RpcQueue as _RpcQueue
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol as _CircuitV2Protocol
 from libp2p.relay.circuit_v2.resources import RelayResourceManager as _RelayResourceManager
@@ -103,6 +132,8 @@ SUBSCRIPTION_CHANNEL_SIZE = 4096
 OUTBOUND_QUEUE_SIZE = 4096
 GOSSIP_MAX_MSGS_PER_PEER_TOPIC_SECOND = 2000.0
 PUBSUB_REPAIR_INTERVAL = 1.0
+PUBSUB_REPAIR_TIMEOUT = 10.0  # one registration attempt (a stream open + hello)
+PUBSUB_REPAIR_MAX_WAIT = 30.0  # longest pause between attempts for one peer
 YAMUX_MAX_FRAME = 1 << 20
 YAMUX_UPSTREAM_POLL = 0.01
 YAMUX_WINDOW_POLL = 0.001
@@ -240,6 +271,41 @@ def gossipsub_kwargs(params: GossipParams) -> dict:
         "time_to_live": 30,
         "max_messages_per_topic_per_second": GOSSIP_MAX_MSGS_PER_PEER_TOPIC_SECOND,
     }
+
+
+# GossipSub mesh maintenance (item 17) ------------------------------------------------
+
+
+class KaisarGossipSub(_GossipSub):
+    """GossipSub with the mesh maintenance of the v1.1 spec (adapter item 17)."""
+
+    def _perform_opportunistic_grafting(self, topic, peers_to_graft) -> int:
+        """17a: no opportunistic grafting (a score-driven mesh improvement; we set no
+        score parameters, so upstream's every-heartbeat version only churns the mesh)."""
+        return 0
+
+    def mesh_heartbeat(self):
+        """17b: the pruning side backs off from each peer it prunes, as the pruned one does."""
+        peers_to_graft, peers_to_prune = super().mesh_heartbeat()
+        for peer, topics in peers_to_prune.items():
+            for topic in topics:
+                self._add_back_off(peer, topic, False)
+        return peers_to_graft, peers_to_prune
+
+    async def _emit_control_msgs(self, peers_to_graft, peers_to_prune, peers_to_gossip) -> None:
+        """17c: one control message per peer, holding that peer's own GRAFT, PRUNE and IHAVE."""
+        for peer in set(peers_to_graft) | set(peers_to_prune) | set(peers_to_gossip):
+            grafts = [_rpc_pb2.ControlGraft(topicID=t) for t in peers_to_graft.get(peer, ())]
+            prunes = [
+                _rpc_pb2.ControlPrune(topicID=t, backoff=self.prune_back_off)
+                for t in peers_to_prune.get(peer, ())
+            ]
+            ihaves = [
+                _rpc_pb2.ControlIHave(messageIDs=ids, topicID=t)
+                for t, ids in peers_to_gossip.get(peer, {}).items()
+            ]
+            control = self.pack_control_msgs(ihaves, grafts, prunes)
+            await self.emit_control_message(control, peer)
 
 
 # circuit relay v2 (items 12-14) -------------------------------------------------------

@@ -33,7 +33,6 @@ from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
-from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -122,7 +121,7 @@ class KaisarHost:
             connection_config=adapter.connection_config(),
         )
         adapter.shorten_dial_negative_cache(self.host.get_network())
-        self.gossipsub = GossipSub(
+        self.gossipsub = adapter.KaisarGossipSub(
             protocols=GOSSIPSUB_PROTOCOLS, **adapter.gossipsub_kwargs(options.gossip)
         )
         self.pubsub = Pubsub(self.host, self.gossipsub, **adapter.pubsub_kwargs())
@@ -202,22 +201,49 @@ class KaisarHost:
             log.exception("event=dht_stopped")
 
     async def _repair_pubsub_peers(self) -> None:
-        """Register connected peers that pubsub missed (see adapter.py, item 9).
+        """Register connected peers that pubsub missed (see adapter.py, item 8).
 
         py-libp2p opens the pubsub stream from the ``connected`` notifee and gives up
-        after its retries; a peer whose stream failed then stays connected but never
-        exchanges subscriptions, so it never joins a mesh.
+        on a failed protocol negotiation; such a peer stays connected but never
+        exchanges subscriptions, so it never joins a mesh. Every
+        PUBSUB_REPAIR_INTERVAL each such peer gets a registration attempt of its own:
+        never two at once for one peer, each allowed PUBSUB_REPAIR_TIMEOUT (cutting
+        one short when the process is busy only abandons a half-negotiated stream and
+        opens another), and after each failure the peer waits twice as long, up to
+        PUBSUB_REPAIR_MAX_WAIT.
         """
+        assert self._nursery is not None
+        busy: set[ID] = set()
+        waits: dict[ID, tuple[float, float]] = {}  # peer -> (trio time of next try, wait)
+
+        async def attempt(peer: ID) -> None:
+            ok = False
+            try:
+                with trio.move_on_after(adapter.PUBSUB_REPAIR_TIMEOUT):
+                    ok = await self.pubsub.ensure_peer_stream(peer, timeout=adapter.PUBSUB_REPAIR_TIMEOUT)
+            except Exception as exc:  # the peer went away; a later round retries
+                log.debug("event=pubsub_repair_failed peer=%s err=%s", peer, exc)
+            finally:
+                busy.discard(peer)
+            if ok:
+                log.info("event=pubsub_peer_repaired peer=%s", peer)
+                waits.pop(peer, None)
+            else:
+                wait = min(2 * waits.get(peer, (0.0, adapter.PUBSUB_REPAIR_INTERVAL / 2))[1],
+                           adapter.PUBSUB_REPAIR_MAX_WAIT)  # fmt: skip
+                waits[peer] = (trio.current_time() + wait, wait)
+
         while True:
             await trio.sleep(adapter.PUBSUB_REPAIR_INTERVAL)
-            missing = [p for p in self.host.get_connected_peers() if p not in self.pubsub.peers]
-            for peer in missing:
-                try:
-                    with trio.move_on_after(adapter.PUBSUB_REPAIR_INTERVAL):
-                        if await self.pubsub.ensure_peer_stream(peer, timeout=2.0):
-                            log.info("event=pubsub_peer_repaired peer=%s", peer)
-                except Exception as exc:  # the peer went away; the next round retries
-                    log.debug("event=pubsub_repair_failed peer=%s err=%s", peer, exc)
+            now = trio.current_time()
+            connected = set(self.host.get_connected_peers())
+            for peer in [p for p in waits if p in self.pubsub.peers or p not in connected]:
+                del waits[peer]  # registered by pubsub itself meanwhile, or gone
+            for peer in connected:
+                if peer in self.pubsub.peers or peer in busy or waits.get(peer, (0.0,))[0] > now:
+                    continue
+                busy.add(peer)
+                self._nursery.start_soon(attempt, peer)
 
     async def _dial_bootstrap(self, addr: str) -> None:
         """Dial a bootstrap peer, and dial it again whenever the connection is gone.

@@ -19,19 +19,19 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from node.popw import prg
+from node.popw import blas, prg
 from node.popw.challenge import MODULUS
 
-# on_commit(c): committed step c (1..) is in out[c - 1, :, 1:] (int8, leaf layout)
-StepCallback = Callable[[int], None]
+# on_rows(c, r0, r1): rows r0..r1 of committed step c (1..) are in out[c - 1, r0:r1, 1:]
+# (int8, leaf layout). A backend calls it once per committed step with the whole step
+# (0, n), or once per row band, possibly from several threads at once (NumpyBackend).
+StepCallback = Callable[[int, int, int], None]
 # Rows per block in the numpy reduction: ~256 KiB of fp32 per block stays in L2, which
 # makes the 4 elementwise passes ~3x cheaper than whole-matrix passes at n = 2048.
 REDUCE_BLOCK_BYTES = 1 << 18
-# From this n on, the reduction of a step runs in two row bands on two threads (numpy
-# releases the GIL): the BLAS threads are idle between products, so on 2 cores this
-# halves the reduction's wall time. Below it, a thread hand-off (~20-50 us) costs more
-# than it saves.
-PARALLEL_MIN_N = 512
+# A band is at least this many rows: below, the per-step Python work of a second thread
+# costs more than half a product saves (and tiny test matrices stay on one thread).
+MIN_BAND_ROWS = 32
 
 
 class Backend(Protocol):
@@ -45,7 +45,7 @@ class Backend(Protocol):
         rounds: int,
         stride: int,
         out: np.ndarray,
-        on_commit: StepCallback,
+        on_rows: StepCallback,
     ) -> None: ...
 
     def bare_matmul_seconds(self, n: int, rounds: int) -> float: ...
@@ -66,20 +66,6 @@ def _reduce_blocked(c: np.ndarray, tmp: np.ndarray, out_i8: np.ndarray | None) -
             np.copyto(out_i8[r0 : r0 + block], cb, casting="unsafe")
 
 
-def _reduce_step(
-    c: np.ndarray, tmp: np.ndarray, out_i8: np.ndarray | None, pool: ThreadPoolExecutor | None
-) -> None:
-    """``_reduce_blocked`` of one step, in two row bands on two threads when given a pool."""
-    if pool is None:
-        _reduce_blocked(c, tmp, out_i8)
-        return
-
-    def band(r0: int, r1: int) -> None:
-        _reduce_blocked(c[r0:r1], tmp[r0:r1], None if out_i8 is None else out_i8[r0:r1])
-
-    split_in_two(band, c.shape[0], pool)
-
-
 def split_in_two(fn: Callable[[int, int], Any], rows: int, pool: ThreadPoolExecutor) -> None:
     """``fn(0, h)`` on this thread while ``fn(h, rows)`` runs on ``pool``; both finish."""
     half = rows // 2
@@ -90,14 +76,55 @@ def split_in_two(fn: Callable[[int, int], Any], rows: int, pool: ThreadPoolExecu
         other.result()
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (taskset / cgroup affinity), not just the count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _band_chain(
+    cur: np.ndarray,
+    b: np.ndarray,
+    nxt: np.ndarray,
+    tmp: np.ndarray,
+    rounds: int,
+    stride: int,
+    rows_out: np.ndarray,
+    on_rows: Callable[[int], None],
+) -> None:
+    """The chain of one row band: product, reduction, int8 rows, callback, per step."""
+    matmul = np.matmul
+    for step in range(1, rounds + 1):
+        matmul(cur, b, out=nxt)
+        c, r = divmod(step, stride)
+        _reduce_blocked(nxt, tmp, rows_out[c - 1] if r == 0 else None)
+        cur, nxt = nxt, cur
+        if r == 0:
+            on_rows(c)
+
+
 class NumpyBackend:
+    """numpy on the CPU, the chain cut into row bands that run on separate cores.
+
+    Row j of ``C_i`` depends only on row j of ``C_{i-1}`` (and B), so each band of rows
+    is an independent chain: every thread runs its band's products on one BLAS thread
+    (``blas.single_threaded_blas``), reduces and hashes its own rows, and never waits
+    for the other band between steps. OpenBLAS splitting each small product over the
+    cores instead pays a fork/join per product, and the reduction and hashing between
+    products ran on one core while the other idled (docs/BENCHMARKS.md, PoPW).
+    Without a thread-local BLAS setter the chain runs as one band (BLAS threads as is).
+    """
+
     name = "numpy"
 
     def __init__(self, threads: int | None = None) -> None:
         self._ws: tuple[np.ndarray, np.ndarray] | None = None
-        cores = (os.cpu_count() or 1) if threads is None else threads
+        cores = usable_cores() if threads is None else threads
+        self.threads = cores
         self._pool = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="popw-reduce")
+            ThreadPoolExecutor(max_workers=cores - 1, thread_name_prefix="popw-band")
             if cores > 1
             else None
         )
@@ -110,6 +137,15 @@ class NumpyBackend:
                         break
         except OSError:
             pass
+
+    def bands(self, n: int) -> int:
+        """Row bands of an n x n chain: a power of two, one per usable core at most."""
+        if self._pool is None or blas.local_setter() is None:
+            return 1
+        bands = 1
+        while bands * 2 <= self.threads and n // (bands * 2) >= MIN_BAND_ROWS:
+            bands *= 2
+        return bands
 
     def _workspace(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Two n x n fp32 buffers kept across challenges (a provider answers many: no
@@ -125,19 +161,32 @@ class NumpyBackend:
         rounds: int,
         stride: int,
         out: np.ndarray,
-        on_commit: StepCallback,
+        on_rows: StepCallback,
     ) -> None:
         cur = prg.matrix(seed, b"A", n)
         b = prg.matrix(seed, b"B", n)
         nxt, tmp = self._workspace(n)
-        pool = self._pool if n >= PARALLEL_MIN_N else None
-        for step in range(1, rounds + 1):
-            np.matmul(cur, b, out=nxt)
-            c, r = divmod(step, stride)
-            _reduce_step(nxt, tmp, out[c - 1, :, 1:] if r == 0 else None, pool)
-            cur, nxt = nxt, cur
-            if r == 0:
-                on_commit(c)
+        bands = self.bands(n)
+        if bands == 1:
+            _band_chain(cur, b, nxt, tmp, rounds, stride, out[:, :, 1:], lambda c: on_rows(c, 0, n))
+            return
+        h = n // bands
+
+        def band(r0: int) -> None:
+            r1 = r0 + h
+            with blas.single_threaded_blas():
+                _band_chain(
+                    cur[r0:r1], b, nxt[r0:r1], tmp[r0:r1], rounds, stride,
+                    out[:, r0:r1, 1:], lambda c: on_rows(c, r0, r1),
+                )  # fmt: skip
+
+        assert self._pool is not None
+        others = [self._pool.submit(band, i * h) for i in range(1, bands)]
+        try:
+            band(0)
+        finally:
+            for f in others:
+                f.result()
 
     def bare_matmul_seconds(self, n: int, rounds: int) -> float:
         """The same chained fp32 products, nothing else: ``C_i = C_{i-1} @ B``, rounds times.
@@ -151,6 +200,31 @@ class NumpyBackend:
         for _ in range(rounds):
             np.matmul(cur, b, out=nxt)
             cur, nxt = nxt, cur
+        return time.perf_counter() - t0
+
+    def banded_matmul_seconds(self, n: int, rounds: int) -> float:
+        """``bare_matmul_seconds`` cut into the prover's row bands, one BLAS thread each:
+        the bare cost of the same work done the way the prover does it (for the bench)."""
+        b = np.full((n, n), np.float32(1.0 / n))
+        cur, nxt = b.copy(), np.empty_like(b)
+        bands = self.bands(n)
+        h = n // bands
+
+        def band(r0: int, steps: int) -> None:
+            c, x = cur[r0 : r0 + h], nxt[r0 : r0 + h]
+            with blas.single_threaded_blas():
+                for _ in range(steps):
+                    np.matmul(c, b, out=x)
+                    c, x = x, c
+
+        band(0, 1)
+        t0 = time.perf_counter()
+        others = [self._pool.submit(band, i * h, rounds) for i in range(1, bands)] if self._pool else []
+        try:
+            band(0, rounds)
+        finally:
+            for f in others:
+                f.result()
         return time.perf_counter() - t0
 
 
@@ -180,7 +254,7 @@ class TorchBackend:
         rounds: int,
         stride: int,
         out: np.ndarray,
-        on_commit: StepCallback,
+        on_rows: StepCallback,
     ) -> None:
         t = self.torch
         cur = t.from_numpy(prg.matrix(seed, b"A", n)).to(self.dev)
@@ -193,7 +267,7 @@ class TorchBackend:
             c, r = divmod(step, stride)
             if r == 0:
                 out[c - 1, :, 1:] = cur.to(t.int8).cpu().numpy()
-                on_commit(c)
+                on_rows(c, 0, n)
 
     def bare_matmul_seconds(self, n: int, rounds: int) -> float:
         t = self.torch
@@ -227,7 +301,7 @@ class CupyBackend:
         rounds: int,
         stride: int,
         out: np.ndarray,
-        on_commit: StepCallback,
+        on_rows: StepCallback,
     ) -> None:
         cp = self.cp
         cur = cp.asarray(prg.matrix(seed, b"A", n))
@@ -239,7 +313,7 @@ class CupyBackend:
             c, r = divmod(step, stride)
             if r == 0:
                 out[c - 1, :, 1:] = cp.asnumpy(cur.astype(cp.int8))
-                on_commit(c)
+                on_rows(c, 0, n)
 
     def bare_matmul_seconds(self, n: int, rounds: int) -> float:
         cp = self.cp

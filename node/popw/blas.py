@@ -25,7 +25,7 @@ LOCAL_SETTER = "openblas_set_num_threads_local"
 
 
 @functools.cache
-def _local_setter() -> Callable[[int], int] | None:
+def local_setter() -> Callable[[int], int] | None:
     try:
         with open("/proc/self/maps") as f:
             paths = {line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line}
@@ -46,7 +46,7 @@ def _local_setter() -> Callable[[int], int] | None:
 @contextmanager
 def single_threaded_blas() -> Iterator[None]:
     """BLAS calls made by this thread inside the block use one thread."""
-    setter = _local_setter()
+    setter = local_setter()
     if setter is None:
         yield
         return

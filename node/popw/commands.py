@@ -146,6 +146,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"prover/matmul {r['prover_over_matmul']:.3f} checker cpu {r['checker_cpu_s'] * 1e3:.1f} ms "
             f"verifier/prover {r['verifier_over_prover']:.4f} {r['effective_tflops']} TFLOPS"
         )
+        if "banded_matmul_s" in r:
+            print(
+                f"        {r['bands']} row bands: banded matmul {r['banded_matmul_s']:.3f}s "
+                f"prover/banded {r['prover_over_banded_matmul']:.3f}"
+            )
     d = result["duty_cycle"]
     print(
         f"duty cycle: {d['committee']} x {d['prover_s']}s / {d['epoch_seconds']}s = {d['fraction'] * 100:.2f}%"

@@ -18,6 +18,7 @@ numpy's ``PCG64.random_raw`` is this exact generator (the state is set directly,
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 import numpy as np
 from numpy.random import PCG64
@@ -46,11 +47,14 @@ def _generator(seed: bytes, label: bytes) -> PCG64:
     return bg
 
 
-def bytes_to_entries(raw: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarray:
+def bytes_to_entries(
+    raw: np.ndarray, dtype: np.dtype | type = np.float32, out: np.ndarray | None = None
+) -> np.ndarray:
     """Map uint8 bytes to entries in [-2, 2] (``((5*b) >> 8) - 2``), as ``dtype``."""
     x = np.multiply(raw, 5, dtype=np.int16)  # signed: x - 2 must not wrap
     np.right_shift(x, 8, out=x)
-    out = np.empty(raw.shape, dtype=dtype)
+    if out is None:
+        out = np.empty(raw.shape, dtype=dtype)
     np.subtract(x, 2, out=out, casting="unsafe")
     return out
 
@@ -78,3 +82,18 @@ def matrix_rows(
         bg.advance(j * words_per_row)
         out[i] = bytes_to_entries(_raw_bytes(bg, n), dtype)
     return out
+
+
+def matrix_blocks(
+    seed: bytes, label: bytes, n: int, rows: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Matrix ``label`` as consecutive blocks of ``rows`` rows: ``(first_row, block)``,
+    fp32, the same values as ``matrix``. The block buffer is reused: use each block
+    before asking for the next. A checker that needs B once streams it through the
+    cache this way instead of writing (and page-faulting) all n^2 entries."""
+    assert rows > 0 and n % rows == 0
+    bg = _generator(seed, label)
+    block = np.empty((rows, n), dtype=np.float32)
+    for r0 in range(0, n, rows):
+        bytes_to_entries(_raw_bytes(bg, rows * n).reshape(rows, n), out=block)
+        yield r0, block

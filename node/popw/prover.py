@@ -50,9 +50,10 @@ class Prover:
     ):
         self.backend = backend or NumpyBackend()
         # Hash step i in a worker thread while step i+1 computes: worth it when the
-        # product runs on a GPU. On a CPU backend the BLAS threads already use every core
-        # and the GIL hand-offs (5 ms switch interval vs sub-ms steps at small n) made
-        # the pipelined numpy prover up to 10x slower under load; so numpy hashes inline.
+        # product runs on a GPU. On a CPU backend every core already runs a row band of
+        # the chain, and the GIL hand-offs (5 ms switch interval vs sub-ms steps at
+        # small n) made a pipelined numpy prover up to 10x slower under load; so numpy
+        # hashes inline, each band in its own thread.
         self.pipeline = (
             self.backend.name not in ("numpy", "tampered-numpy") if pipeline is None else pipeline
         )
@@ -68,8 +69,8 @@ class Prover:
             if self.pipeline
             else None
         )
-        # Second hashing thread for rows hashlib hashes without the GIL (section 5 of
-        # docs/POPW.md): the leaves of one step are hashed in two halves at once.
+        # Second hashing thread for rows hashlib hashes without the GIL (section 2 of
+        # docs/POPW.md): the leaves of a whole step (GPU backends) in two halves at once.
         self._splitter = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="popw-leaves")
             if (os.cpu_count() or 1) > 1
@@ -87,24 +88,39 @@ class Prover:
         validate_challenge(ch)
         self._challenge = None  # the previous challenge's rows are overwritten from here on
         store = self._storage(ch.commits, ch.n)
-        trees: list[Future[list[list[bytes]]]] = []
+        n = ch.n
+        # per committed step: the tree levels of each band of rows reported so far, and
+        # the step's whole tree once its bands cover all n rows
+        bands: list[list[tuple[int, list[list[bytes]]]]] = [[] for _ in range(ch.commits)]
+        levels: list[list[list[bytes]] | None] = [None] * ch.commits
+        joined = threading.Lock()
+        pending: list[Future[None]] = []
 
-        def on_commit(index: int) -> None:
-            assert index == len(trees) + 1
+        def hash_band(index: int, r0: int, r1: int) -> None:
+            leaves = self._leaves(store[index - 1, r0:r1], whole=r1 - r0 == n)
+            part = merkle.band_levels(leaves, r0, n)
+            with joined:
+                parts = bands[index - 1]
+                parts.append((r0, part))
+                complete = sum(len(lv[0]) for _, lv in parts) == n
+            if complete:  # the last band of the step joins the tree (in its own thread)
+                levels[index - 1] = merkle.join_bands([lv for _, lv in sorted(parts)], n)
+
+        def on_rows(index: int, r0: int, r1: int) -> None:
             if self._hasher is not None:
-                trees.append(self._hasher.submit(self._tree_of, store[index - 1]))
-            else:
-                done: Future[list[list[bytes]]] = Future()
-                done.set_result(self._tree_of(store[index - 1]))
-                trees.append(done)
+                pending.append(self._hasher.submit(hash_band, index, r0, r1))
+            else:  # in the calling (band) thread: each band hashes its own rows
+                hash_band(index, r0, r1)
 
         t0 = time.perf_counter()
-        self.backend.run_chain(ch.seed, ch.n, ch.rounds, ch.stride, store, on_commit)
-        levels = [t.result() for t in trees]
+        self.backend.run_chain(ch.seed, n, ch.rounds, ch.stride, store, on_rows)
+        for f in pending:
+            f.result()
+        require(all(lv is not None for lv in levels), "backend committed the wrong number of steps")
+        done = [lv for lv in levels if lv is not None]
         elapsed = time.perf_counter() - t0
-        require(len(levels) == ch.commits, "backend committed the wrong number of steps")
-        self._challenge, self._levels = ch, levels
-        return Commitment(ch.id, [merkle.root_of(lv) for lv in levels], elapsed, dict(self.device))
+        self._challenge, self._levels = ch, done
+        return Commitment(ch.id, [merkle.root_of(lv) for lv in done], elapsed, dict(self.device))
 
     def _storage(self, commits: int, n: int) -> np.ndarray:
         if self._store.shape[:2] != (commits, n):
@@ -131,13 +147,17 @@ class Prover:
     def row_bytes(self, c: int, j: int) -> bytes:
         return self._store[c - 1, j, 1:].tobytes()
 
-    def _tree_of(self, rows: np.ndarray) -> list[list[bytes]]:
-        if self._splitter is None or rows.shape[1] < merkle.GIL_FREE_ROW_BYTES:
-            return merkle.build_levels(merkle.leaf_hashes_laid_out(rows))
+    def _leaves(self, rows: np.ndarray, whole: bool) -> list[bytes]:
+        """Leaf hashes of rows in leaf layout. A whole step of rows of >= 2 KiB (which
+        hashlib hashes without the GIL) is hashed in two halves on two threads when the
+        backend reports whole steps (GPU backends); bands are already one per core."""
+        if not whole or self._splitter is None or rows.shape[1] < merkle.GIL_FREE_ROW_BYTES:
+            return merkle.leaf_hashes_laid_out(rows)
         halves: list[list[bytes]] = [[], []]
 
         def half(r0: int, r1: int) -> None:
             halves[r0 > 0] = merkle.leaf_hashes_laid_out(rows[r0:r1])
 
         split_in_two(half, rows.shape[0], self._splitter)
-        return merkle.build_levels(halves[0] + halves[1])
+        return halves[0] + halves[1]
+

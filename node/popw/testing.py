@@ -19,8 +19,10 @@ from node.popw.prover import Commitment, Opening, Prover
 
 
 class TamperingBackend:
-    """Wraps a backend; ``tamper(commit_index, rows)`` edits the int8 rows before they are
-    committed (the chain itself continues from the true values)."""
+    """Wraps a backend; ``tamper(commit_index, rows, first)`` edits the int8 rows before
+    they are committed (the chain itself continues from the true values). ``rows`` is a
+    band of the step (``first`` is the index of its first row): the backend may report
+    a step in bands, from several threads."""
 
     def __init__(self, inner: Backend, tamper) -> None:
         self.inner = inner
@@ -35,12 +37,12 @@ class TamperingBackend:
         rounds: int,
         stride: int,
         out: np.ndarray,
-        on_commit: StepCallback,
+        on_rows: StepCallback,
     ) -> None:
-        def wrapped(index: int) -> None:
-            rows = out[index - 1, :, 1:]
-            rows[...] = self.tamper(index, rows)
-            on_commit(index)
+        def wrapped(index: int, r0: int, r1: int) -> None:
+            rows = out[index - 1, r0:r1, 1:]
+            rows[...] = self.tamper(index, rows, r0)
+            on_rows(index, r0, r1)
 
         self.inner.run_chain(seed, n, rounds, stride, out, wrapped)
 
@@ -72,9 +74,10 @@ class SkippingProver(Prover):
         self.skipped = set(self.rng.sample(cells, count))
         return super().commit(ch)
 
-    def _tamper(self, index: int, rows: np.ndarray) -> np.ndarray:
-        for c, j in self.skipped:
-            if c == index:
+    def _tamper(self, index: int, rows: np.ndarray, first: int) -> np.ndarray:
+        for c, row in self.skipped:
+            j = row - first
+            if c == index and 0 <= j < rows.shape[0]:
                 garbage = _garbage_row(self.rng, rows.shape[1])
                 while np.array_equal(garbage, rows[j]):
                     garbage = _garbage_row(self.rng, rows.shape[1])
@@ -90,7 +93,7 @@ class WrongValueProver(Prover):
         super().__init__(TamperingBackend(NumpyBackend(), self._tamper))
 
     @staticmethod
-    def _tamper(index: int, rows: np.ndarray) -> np.ndarray:
+    def _tamper(index: int, rows: np.ndarray, first: int) -> np.ndarray:
         col = index % rows.shape[1]
         rows[:, col] = np.where(rows[:, col] == HALF_MODULUS, -HALF_MODULUS, rows[:, col] + 1)
         return rows
@@ -214,7 +217,7 @@ class SolvingProver(Prover):
     def commit(self, ch: Challenge) -> Commitment:
         rng = np.random.default_rng(int.from_bytes(ch.seed[:8], "little"))
 
-        def tamper(index: int, rows: np.ndarray) -> np.ndarray:
+        def tamper(index: int, rows: np.ndarray, first: int) -> np.ndarray:
             if index == 1:
                 return rows
             return rng.integers(-HALF_MODULUS, HALF_MODULUS + 1, rows.shape).astype(np.int8)

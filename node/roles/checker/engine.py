@@ -27,10 +27,11 @@ Reassignment. The chain reopens a failed job at ``round + 1`` (``JobReassigned``
 the machine's lock for the job ("a QC was seen: sign nothing else") is for ever. A new
 *attempt* therefore gets its own machine and store (``votes.sqlite`` for attempt 0,
 ``votes.a<k>.sqlite`` after the k-th failure). Before the first vote of attempt k, every
-own vote of earlier attempts in rounds >= the reopened round is copied into the new
-store, so the vote rules still see them: a checker never signs two providers for one
-(job, round), across attempts and restarts. Rounds below the reopened one are closed by
-the contract (``round >= job.round``) and never signed again.
+own vote of earlier attempts (precommits and prevotes) in rounds >= the reopened round is
+copied into the new store, so the vote rules still see them: a checker never signs two
+providers for one (job, round) and vote kind, across attempts and restarts. Rounds below
+the reopened one are closed by the contract (``round >= job.round``) and never signed
+again.
 
 Messages for a job the engine has not started yet are buffered (bounded) and replayed
 into the machine when the job starts.
@@ -219,18 +220,25 @@ class AssignmentEngine:
         await self._carry(spec.job_id, out)
 
     def _carry_votes(self, job_id: int, attempt: int, first_round: int) -> None:
-        """Copy own votes of earlier attempts in rounds >= first_round into this attempt's store."""
+        """Copy own precommits *and prevotes* of earlier attempts in rounds >= first_round
+        into this attempt's store: one vote of each kind per (job, round), across attempts
+        (rule 2 of docs/CONSENSUS.md; a prevote left behind let a checker prevote another
+        provider in the same round of the reopened job)."""
         target = self.machine(attempt).store
         assert target is not None
         for earlier in range(attempt):
             source = self.machine(earlier).store
             assert source is not None
-            for v in source.assign_votes(job_id):
-                if v.round >= first_round:
-                    try:
-                        target.record_assign_vote(job_id, v.round, v.provider, v.signature)
-                    except VoteConflict:  # already carried: the earlier copy stands
-                        pass
+            for stored, record in (
+                (source.assign_votes(job_id), target.record_assign_vote),
+                (source.assign_prevotes(job_id), target.record_assign_prevote),
+            ):
+                for v in stored:
+                    if v.round >= first_round:
+                        try:
+                            record(job_id, v.round, v.provider, v.signature)
+                        except VoteConflict:  # already carried: the earlier copy stands
+                            pass
 
     async def on_gossip(self, env: wire.Envelope, peer: Any) -> None:
         if self._closed:
