@@ -142,6 +142,7 @@ def step_breakdown(t0: float, marks: dict[str, float]) -> tuple[dict[str, int], 
 
 
 async def deploy_once(s: Any, client: Any, emit: Any, rec: trace.Recorder) -> dict[str, Any]:
+    cpu0 = time.process_time()
     t0 = time.monotonic()
     marks: dict[str, float] = {}
     job = await client.buy("cpu", 1, DEMO_HTTP_IMAGE, DEMO_HTTP_PORT, 1.0)
@@ -152,6 +153,7 @@ async def deploy_once(s: Any, client: Any, emit: Any, rec: trace.Recorder) -> di
             marks.setdefault("assigned", time.monotonic() - t0)
 
     dep = await client.wait_deployed(job, timeout=DEPLOY_TIMEOUT, progress=progress)
+    status_from = client.last_status_source
     marks["deployed_verified"] = time.monotonic() - t0
     async with trio.open_nursery() as n:
         port = await n.start(client.connect, job, 0)
@@ -159,6 +161,7 @@ async def deploy_once(s: Any, client: Any, emit: Any, rec: trace.Recorder) -> di
         with trio.fail_after(30):
             t_first, answer = await first_byte_through(port, job)
         n.cancel_scope.cancel()
+    cpu = time.process_time() - cpu0  # the whole devnet's CPU (all its threads) meanwhile
     ok = f"job={job}".encode() in answer
     if not ok:
         raise RuntimeError(f"job {job}: wrong answer through the tunnel: {answer[:200]!r}")
@@ -170,6 +173,8 @@ async def deploy_once(s: Any, client: Any, emit: Any, rec: trace.Recorder) -> di
         "job": job,
         "provider": dep.provider,
         "total_s": round(t_first - t0, 3),
+        "cpu_s": round(cpu, 3),
+        "status_from": status_from,  # push | gossip | query (how wait learned the status)
         **{f"{k}_s": round(v, 3) for k, v in marks.items()},
         "at_ms": at_ms,
         "steps_ms": steps_ms,
@@ -200,6 +205,7 @@ async def run_bench(jobs: int = 5, emit: Any = lambda run: None) -> dict[str, An
         "p95_s": round(p95(totals), 3),
         "floor_median_s": round(floor_med, 3),
         "ratio": round(med / floor_med, 2) if floor_med > 0 else None,
+        "cpu_median_s": round(statistics.median(r["cpu_s"] for r in runs), 3),
         "floor_runs_s": [round(f, 3) for f in floors],
         "steps_median_ms": steps_median,
         "loadavg_before": [round(x, 2) for x in load_before],

@@ -178,6 +178,29 @@ async def test_watcher_redelivers_after_reorg(world):
     assert second[0].block_hash != first[0].block_hash
 
 
+async def test_watcher_reads_only_new_blocks_while_the_tip_is_unchanged(world):
+    """Polls with no new block make no eth_getLogs request; a new block is read alone
+    (its event once); a reorg of the last block read is still re-read and redelivered."""
+    from node.chain.watcher import REREAD_EVERY
+
+    kc = world.kc
+    head = await kc.client.block_number()
+    w = EventWatcher(kc.client, [kc.escrow], from_block=head + 1, reorg_depth=8)
+    world.create_job(duration=10)
+    assert len(await w.poll()) == 1
+    reads = w.log_reads
+    for _ in range(REREAD_EVERY - 2):  # idle: nothing to read
+        assert await w.poll() == []
+    assert w.log_reads == reads
+    snap = world.chain.snapshot()
+    world.create_job(duration=11)
+    assert [e.args["duration"] for e in await w.poll()] == [11]
+    assert w.log_reads == reads + 1
+    world.chain.revert(snap)  # that block is replaced by another at the same height
+    world.create_job(duration=12)
+    assert [e.args["duration"] for e in await w.poll()] == [12]
+
+
 async def test_watcher_task_streams_events(world):
     kc = world.kc
     head = await kc.client.block_number()
@@ -262,3 +285,11 @@ async def test_watcher_survives_unreachable_rpc(caplog):
         await trio.sleep(0.3)
         nursery.cancel_scope.cancel()
     assert "event poll failed" in caplog.text
+
+
+async def test_job_and_checkers_reads_job_set_and_time_at_one_block(world):
+    kc = world.kc
+    job_id = world.create_job(duration=10)
+    job, checkers, ts = await kc.job_and_checkers(job_id)
+    assert job == await kc.get_job(job_id) and checkers == await kc.active_checkers()
+    assert ts == (await kc.client.get_block("latest"))["timestamp"]

@@ -6,7 +6,7 @@ import trio
 from eth_utils import keccak
 from test_checker_helpers import FAST, FAST_CLASSES, HonestProvider
 
-from node.chain.api import JOB_ASSIGNED, JOB_OPEN
+from node.chain.api import JOB_ASSIGNED, JOB_OPEN, KaisarChain
 from node.chain.genesis import GenesisChecker, start_embedded
 from node.chain.watcher import EventWatcher
 from node.consensus import votes
@@ -88,7 +88,9 @@ async def test_deploy_goes_out_while_the_assignment_is_mined(tmp_path):
     sender held (no assignment can be mined), the provider still gets a valid deploy
     for the job, which it accepts because the job is open on chain in that round.
     A refused deploy still becomes a certified failure: the leader reports it once its
-    assignment is on chain (the contract takes failure votes only for an assignment)."""
+    assignment is on chain (the contract takes failure votes only for an assignment).
+    A freshly created job starts from its JobCreated event: no checker reads the job
+    from chain before its engine has started it."""
     import dataclasses
     from contextlib import AsyncExitStack
 
@@ -106,10 +108,24 @@ async def test_deploy_goes_out_while_the_assignment_is_mined(tmp_path):
                 await honest.host.connect(c.addrs()[0])
             await nursery.start(honest.run)
             services = []
+            reads: list[tuple[int, bool]] = []  # (job, its engine had started it)
+
+            def counted(svc_of) -> KaisarChain:
+                view = KaisarChain(kc.client, kc.deployment)
+                real = view.get_job
+
+                async def get_job(job_id: int):
+                    reads.append((job_id, job_id in svc_of().engine.jobs))
+                    return await real(job_id)
+
+                view.get_job = get_job  # type: ignore[method-assign]
+                return view
+
             for i, h in enumerate(hosts[:4]):
                 svc = CheckerService(
-                    h, h.identity, kc, tmp_path / f"c{i}", settings, classes=FAST_CLASSES
-                )
+                    h, h.identity, counted(lambda i=i: services[i]), tmp_path / f"c{i}",
+                    settings, classes=FAST_CLASSES,
+                )  # fmt: skip
                 await nursery.start(svc.run)
                 services.append(svc)
             await wait_for_mesh(hosts[:4], "assign/1")
@@ -128,6 +144,7 @@ async def test_deploy_goes_out_while_the_assignment_is_mined(tmp_path):
                         await trio.sleep(0.05)
                 assert honest.deployed[job_id]["chain_state"] == JOB_OPEN
                 assert (await kc.get_job(job_id)).state == JOB_OPEN
+                assert (job_id, False) not in reads
             with trio.fail_after(60):  # released: the assignment lands as well
                 while (await kc.get_job(job_id)).state != JOB_ASSIGNED:
                     await trio.sleep(0.1)

@@ -13,7 +13,7 @@ import pytest
 
 pytest.register_assert_rewrite("chain_fixtures")
 import trio  # noqa: E402
-from chain_fixtures import ident  # noqa: E402
+from chain_fixtures import GPU, ident  # noqa: E402
 
 from node.client import ClientError, JobEnded  # noqa: E402
 from node.client.api import Client  # noqa: E402
@@ -226,17 +226,19 @@ async def test_wait_learns_deployment_from_gossip_and_connect_reuses_it(
     the deployment: from the provider's gossiped signed status and the chain's QC. A
     second wait for the same assignment (what connect does) reuses that verification
     while the status is fresh, and verifies again once it has expired."""
+    from node.roles.provider.messages import NOTIFY_PROTOCOL
     from node.roles.provider.service import STATUS_PROTOCOL
 
     async with client_world(world, container_runtime, tmp_path) as (svc, client, nursery):
         svc.host.host.remove_stream_handler(STATUS_PROTOCOL)
+        client.host.host.remove_stream_handler(NOTIFY_PROTOCOL)  # no push either
         job = await client.buy("cpu", 1, DEMO_HTTP_IMAGE, DEMO_HTTP_PORT, hours=1)
         await certify(world, client, job, svc.host.peer_id)
         dep = await client.wait_deployed(job, timeout=30)
         assert dep.provider == world.providers[0].address and dep.state in ("deployed", "running")
         assert len(dep.qc_signers) == 2  # the chain's QC, checked here
         assert await client.wait_deployed(job, timeout=5) is dep  # reused, not re-verified
-        client._verified[job] = (dep, 0)  # the status it rested on has expired
+        client._verified[job] = (dep, 0, 0.0)  # the status it rested on has expired
         again = await client.wait_deployed(job, timeout=30)
         assert again is not dep and (again.round, again.provider) == (dep.round, dep.provider)
 
@@ -280,3 +282,39 @@ async def test_connect_dials_a_provider_known_only_from_gossip(world, container_
                 page = await http_get(port, "/cgi-bin/echo?gossip")
                 assert b"200 OK" in page and f"job={job}".encode() in page, page
                 nursery.cancel_scope.cancel()
+
+
+async def test_provider_pushes_the_deployment_to_the_waiting_owner(world, container_runtime, tmp_path):
+    """The provider pushes its signed "deployed" status and QC copy to the owner's
+    connected peer the moment the container is up: a client that hears no gossip, polls
+    the chain once a minute and gets no status answer still returns at once."""
+    from node.roles.provider.messages import NOTIFY_PROTOCOL
+    from node.roles.provider.service import STATUS_PROTOCOL
+
+    async with start_network(2, identities=[world.providers[0], world.owner]) as (phost, chost):
+        async with trio.open_nursery() as nursery:
+            svc = ProviderService(
+                phost, SETTINGS, tmp_path / "p.sqlite", chain=world.kc,
+                runtime=container_runtime, inventory=Inventory(cpu="test", cpu_count=2),
+            )  # fmt: skip
+            await nursery.start(svc.run)
+            phost.host.remove_stream_handler(STATUS_PROTOCOL)
+            client = Client(world.owner, chost, world.kc, poll_interval=60.0)
+            chost.set_handler(NOTIFY_PROTOCOL, client._on_push)  # no gossip: no start()
+            job = await world.kc.create_job(
+                world.owner, spec_hash=b"\x01" * 32, gpu_class=GPU, count=1,
+                image=DEMO_HTTP_IMAGE, port=DEMO_HTTP_PORT, duration=3600, price_per_second=10**9,
+            )  # fmt: skip
+            got = []
+            async with trio.open_nursery() as n:
+
+                async def wait() -> None:
+                    got.append(await client.wait_deployed(job, timeout=30))
+
+                n.start_soon(wait)
+                await trio.sleep(0.2)
+                await certify(world, client, job, phost.peer_id)
+            dep = got[0]
+            assert dep.provider == world.providers[0].address and dep.state == "deployed"
+            assert svc.owner_notified == 1
+            nursery.cancel_scope.cancel()

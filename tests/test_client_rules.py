@@ -206,3 +206,181 @@ async def test_wait_verifies_qc_and_provider_signature(world):
         assert dep.provider == provider and dep.peer == fake.host.peer_id.to_base58()
         assert dep.qc_digest == digest and dep.state == "running"
         assert 3 * dep.signed_stake >= 2 * dep.total_stake
+
+
+async def test_wait_takes_the_providers_push_only_from_the_provider_itself(world, monkeypatch):
+    """The provider pushes its signed status and QC copy to the waiting owner
+    (/kaisar/notify/1): wait returns without gossip or a second status query. A push
+    of that same genuine status from another peer, paired with a forged QC, is
+    ignored (taken, it would fail the wait with VerificationFailed). Pushes for jobs
+    nobody waits for are not kept; other peers' own statuses are kept only up to a cap,
+    which never crowds out the assigned provider's."""
+    import node.client.api as api
+
+    monkeypatch.setattr(api, "MAX_PUSHERS_PER_JOB", 1)
+    provider = world.providers[0].address
+    idents = [world.providers[0], world.owner, ident("pusher"), ident("pusher2")]
+    async with start_network(4, identities=idents) as (phost, chost, other, other2):
+        fake = Scripted(phost, world.providers[0])
+        queries = []
+
+        async def on_status(framed, peer) -> None:
+            queries.append(peer)
+            await fake.on_status(framed, peer)
+
+        phost.set_handler(STATUS_PROTOCOL, on_status)
+        # a long poll: after its first status query the client only learns by push
+        client = Client(world.owner, chost, world.kc, ad_wait=2.0, poll_interval=60.0)
+        await client.start()
+        job = world.create_job(duration=600)
+        world.assign(job, 0, provider, world.checkers[:2])
+        digest = votes.assign_digest(world.kc.domain, job, 0, provider)
+        good = world.assign_sigs(job, 0, provider, world.checkers[:2])
+        honest = fake.status(world.providers[0], job, 0, digest).to_bytes()
+
+        async def push(host, sigs) -> None:
+            frame = {"t": "status", "status": honest, "qc_sigs": sigs}
+            async with host.open_stream(chost.peer_id, msg.NOTIFY_PROTOCOL) as framed:
+                await framed.send(frame)
+
+        await push(phost, good)  # nobody waits for the job yet
+        await trio.sleep(0.2)
+        assert client._pushed == {}
+
+        lines: list[str] = []
+        got = []
+        async with trio.open_nursery() as n:
+
+            async def wait() -> None:
+                got.append(await client.wait_deployed(job, timeout=20, progress=lines.append))
+
+            n.start_soon(wait)
+            with trio.fail_after(10):
+                while "waiting for provider" not in lines or not queries:
+                    await trio.sleep(0.02)
+            forged = world.assign_sigs(job, 0, provider, [ident("s1"), ident("s2")])
+            await push(other, forged)
+            await trio.sleep(0.3)
+            assert not got and client._pushed == {}
+            for host, key in ((other, ident("pusher")), (other2, ident("pusher2"))):
+                own = fake.status(key, job, 0, digest).to_bytes()  # its own status
+                await chost.connect(host.addrs()[0])
+                async with host.open_stream(chost.peer_id, msg.NOTIFY_PROTOCOL) as framed:
+                    await framed.send({"t": "status", "status": own, "qc_sigs": forged})
+            await trio.sleep(0.3)
+            assert list(client._pushed) == [(job, ident("pusher").address)]  # the cap is full
+            await push(phost, good)
+        dep = got[0]
+        assert dep.provider == provider and dep.qc_digest == digest and len(dep.qc_signers) == 2
+        assert len(queries) == 1 and client._pushed == {}
+
+
+async def test_wait_asks_the_provider_at_most_once_per_poll_interval(world):
+    """Every gossip message wakes a waiting client; a status query goes out at most
+    once per poll interval however many wake it (a query per wake kept the provider
+    signing answers while its container started)."""
+    provider = world.providers[0].address
+    async with scripted_world(world, poll_interval=0.5) as (fake, client):
+        queries = []
+
+        async def on_status(framed, peer) -> None:
+            queries.append(trio.current_time())
+            await fake.on_status(framed, peer)  # "not deployed here"
+
+        fake.host.set_handler(STATUS_PROTOCOL, on_status)
+        job = world.create_job(duration=600)
+        world.assign(job, 0, provider, world.checkers[:2])
+        async with trio.open_nursery() as n:
+
+            async def chatter() -> None:
+                while True:  # ads wake the client every 50 ms
+                    await fake.advertise()
+                    await trio.sleep(0.05)
+
+            n.start_soon(chatter)
+            t0 = trio.current_time()
+            with pytest.raises(WaitTimeout, match="provider's signed status"):
+                await client.wait_deployed(job, timeout=1.6)
+            n.cancel_scope.cancel()
+        assert 2 <= len(queries) <= (trio.current_time() - t0) / 0.5 + 1
+
+
+async def test_chain_qc_finds_an_assignment_older_than_the_recent_window(world):
+    """chain_qc reads the newest blocks first; an assignment further back is still found."""
+    from node.client.api import QC_RECENT_BLOCKS
+
+    provider = world.providers[0].address
+    async with scripted_world(world) as (fake, client):
+        old = world.create_job(duration=600)
+        world.assign(old, 0, provider, world.checkers[:2])
+        world.chain.mine(QC_RECENT_BLOCKS + 3)
+        recent = world.create_job(duration=600)
+        other = [world.checkers[i] for i in (0, 2, 3)]  # 4 + 2 + 1 of 10
+        world.assign(recent, 0, provider, other)
+        for job, signers in ((old, world.checkers[:2]), (recent, other)):
+            want = world.assign_sigs(job, 0, provider, signers)
+            assert await client.chain_qc(await world.kc.get_job(job)) == want
+
+
+async def test_connect_right_after_wait_reuses_the_verification(world, monkeypatch):
+    """connect within the route's recheck time of wait's verification listens on that
+    verification (no chain read: a route is that old between two connections anyway);
+    a later connect verifies again."""
+    provider = world.providers[0].address
+    async with scripted_world(world) as (fake, client):
+        job = world.create_job(duration=600)
+        world.assign(job, 0, provider, world.checkers[:2])
+        digest = votes.assign_digest(world.kc.domain, job, 0, provider)
+        good = world.assign_sigs(job, 0, provider, world.checkers[:2])
+        honest = fake.status(world.providers[0], job, 0, digest).to_bytes()
+        fake.reply = {"ok": True, "status": honest, "qc_sigs": good}
+        dep = await client.wait_deployed(job, timeout=10)
+        reads = []
+        real = client.chain.get_job
+
+        async def counting(job_id):
+            reads.append(job_id)
+            return await real(job_id)
+
+        monkeypatch.setattr(client.chain, "get_job", counting)
+        async with trio.open_nursery() as n:
+            await n.start(client.connect, job, 0)
+            assert reads == []
+            n.cancel_scope.cancel()
+        client._verified[job] = (dep, 2**62, trio.current_time() - 5.0)  # older than recheck
+        async with trio.open_nursery() as n:
+            await n.start(client.connect, job, 0)
+            assert reads and set(reads) == {job}
+            n.cancel_scope.cancel()
+
+
+async def test_a_hanging_status_query_does_not_hold_up_the_push(world):
+    """Status queries run beside the wait: while the provider sits on a query, its push
+    (or gossip) is looked at at once (the wait used to block in the query, up to 10 s)."""
+    provider = world.providers[0].address
+    async with scripted_world(world, poll_interval=0.2) as (fake, client):
+        asked = trio.Event()
+
+        async def hang(framed, peer) -> None:
+            asked.set()
+            await trio.sleep(30)
+
+        fake.host.set_handler(STATUS_PROTOCOL, hang)
+        job = world.create_job(duration=600)
+        world.assign(job, 0, provider, world.checkers[:2])
+        digest = votes.assign_digest(world.kc.domain, job, 0, provider)
+        good = world.assign_sigs(job, 0, provider, world.checkers[:2])
+        frame = {"t": "status", "status": fake.status(world.providers[0], job, 0, digest).to_bytes(),
+                 "qc_sigs": good}  # fmt: skip
+        got = []
+        async with trio.open_nursery() as n:
+
+            async def wait() -> None:
+                got.append(await client.wait_deployed(job, timeout=5))
+
+            n.start_soon(wait)
+            with trio.fail_after(5):
+                await asked.wait()
+            async with fake.host.open_stream(client.host.peer_id, msg.NOTIFY_PROTOCOL) as framed:
+                await framed.send(frame)
+        assert got[0].qc_digest == digest and client.last_status_source == "push"

@@ -1,8 +1,9 @@
 """Fuzzing every stream protocol handler through its real entry point.
 
 The provider registers ``/kaisar/popw/1``, ``/kaisar/deploy/1``, ``/kaisar/tunnel/1``,
-``/kaisar/logs/1`` and ``/kaisar/status/1`` (``ProviderService.run``; no other role
-registers a stream handler: ``grep set_handler node``). Each example runs the
+``/kaisar/logs/1`` and ``/kaisar/status/1`` (``ProviderService.run``), the light client
+``/kaisar/notify/1`` (``Client.start``: a provider's pushed status); ``grep set_handler
+node`` lists them all. Each example runs the
 service's handler on one end of an in-memory stream pair while a hostile peer writes
 frames (valid-looking, near-valid, garbage) or raw bytes on the other end.
 
@@ -24,6 +25,7 @@ from fuzzing import fuzz
 from hypothesis import event, given
 from hypothesis import strategies as st
 
+from node import wire
 from node.devnet import DEVNET_DOMAIN
 from node.identity import Identity
 from node.p2p.frames import LEN, FrameError, memory_pair, pack
@@ -325,3 +327,76 @@ def test_a_valid_owner_token_opens_the_tunnel_and_is_not_reusable(service):
     assert replies[0] == {"ok": True}
     replies = run_handler(service._on_tunnel, tok, [], echo=True, timeout=1.0)
     assert replies[0]["ok"] is False and "replayed" in replies[0]["reason"]
+
+
+# the light client's /kaisar/notify/1 ---------------------------------------------------
+
+PUSHER = Identity.generate()  # the peer that pushes (its key is the status signer)
+WAITED_JOB = 9
+
+
+@pytest.fixture(scope="module")
+def push_client(service):
+    from node.client.api import Client
+
+    client = Client(OWNER, service.host, chain=None)  # type: ignore[arg-type]  # the handler reads host only
+    client._waiting[WAITED_JOB] = 1
+    return client
+
+
+@st.composite
+def push_frames(draw):
+    """Pushed statuses: well-formed ones (signed by the pusher or a stranger, for the
+    waited job or another) with one thing wrong at times, and garbage."""
+    signer = draw(st.sampled_from([PUSHER, PUSHER, STRANGER]))
+    job = draw(st.sampled_from([WAITED_JOB, WAITED_JOB, RUNNING_JOB]))
+    fields = {
+        "job_id": job, "round": 0, "state": draw(st.sampled_from(["deployed", "running", "failed"])),
+        "reason": "", "qc_digest": b"\x01" * 32, "peer": PUSHER.peer_id.to_base58(),
+        "container_port": 8080, "image": "img", "started": 1, "expires": 2**40,
+    }  # fmt: skip
+    env = wire.sign(signer, DEVNET_DOMAIN, "JobStatus", fields, network="devnet", seq=1, ttl_ms=60_000)
+    frame = {"t": "status", "status": env.to_bytes(), "qc_sigs": [b"\x02" * 65]}
+    mutation = draw(st.sampled_from(["none", "none", "t", "status", "sigs", "sig_len", "drop"]))
+    if mutation == "t":
+        frame["t"] = draw(anything)
+    elif mutation == "status":
+        frame["status"] = draw(mostly(st.binary(max_size=200), anything))
+    elif mutation == "sigs":
+        frame["qc_sigs"] = draw(anything)
+    elif mutation == "sig_len":
+        frame["qc_sigs"] = [b"\x02" * draw(st.integers(0, 70))]
+    elif mutation == "drop":
+        del frame[draw(st.sampled_from(sorted(frame)))]
+    return draw(mostly(st.just((frame, mutation, signer, job)), anything.map(lambda g: (g, "junk", None, None))))
+
+
+@fuzz(90)
+@given(case=push_frames(), rest=chunks)
+def test_client_push_handler(push_client, case, rest):
+    frame, mutation, signer, job = case
+    push_client._pushed.clear()
+    replies = run_handler(lambda framed, _p: push_client._on_push(framed, PUSHER.peer_id), frame, rest, timeout=1.0)
+    assert replies == []  # a push gets no answer
+    kept = list(push_client._pushed)
+    event(f"kept={len(kept)} mutation={mutation}")
+    # only the pusher's own status, for the job being waited for, with 65-byte signatures
+    assert kept in ([], [(WAITED_JOB, PUSHER.address)])
+    if kept:
+        assert mutation == "none" and signer is PUSHER and job == WAITED_JOB
+
+
+def test_client_push_handler_positive_control(push_client):
+    """The generator's valid case really is kept (and a peer without a node key is not)."""
+    fields = {
+        "job_id": WAITED_JOB, "round": 0, "state": "deployed", "reason": "",
+        "qc_digest": b"\x01" * 32, "peer": PUSHER.peer_id.to_base58(), "container_port": 8080,
+        "image": "img", "started": 1, "expires": 2**40,
+    }  # fmt: skip
+    env = wire.sign(PUSHER, DEVNET_DOMAIN, "JobStatus", fields, network="devnet", seq=2, ttl_ms=60_000)
+    frame = {"t": "status", "status": env.to_bytes(), "qc_sigs": [b"\x02" * 65]}
+    push_client._pushed.clear()
+    run_handler(lambda f, _p: push_client._on_push(f, "not-a-peer-id"), frame, [], timeout=1.0)
+    assert push_client._pushed == {}
+    run_handler(lambda f, _p: push_client._on_push(f, PUSHER.peer_id), frame, [], timeout=1.0)
+    assert list(push_client._pushed) == [(WAITED_JOB, PUSHER.address)]

@@ -190,6 +190,32 @@ async def test_start_is_idempotent_per_job(container_runtime: ContainerRuntime):
     assert [c.container_id for c in await container_runtime.list_managed()] == [first.container_id]
 
 
+async def test_start_creates_first_and_replaces_a_stopped_container(
+    container_runtime: ContainerRuntime, monkeypatch
+):
+    """A first start goes straight to create (no container list, no image inspect: the
+    job's name and the image come back as 409 / 404 when they need a look); a start
+    over a stopped container of the job replaces it."""
+    from docker.models.containers import ContainerCollection
+
+    api = container_runtime._docker().api
+    looks = []
+    real_list, real_image = ContainerCollection.list, api.inspect_image
+
+    def listing(self, *a, **k):
+        looks.append("list")
+        return real_list(self, *a, **k)
+
+    monkeypatch.setattr(ContainerCollection, "list", listing)
+    monkeypatch.setattr(api, "inspect_image", lambda *a, **k: looks.append("image") or real_image(*a, **k))
+    first = await container_runtime.start(51, BUSYBOX_IMAGE, 8000, limits=SMALL, command=["sleep", "60"])
+    assert looks == [] and first.running
+    await container_runtime.stop(51, timeout=0)
+    again = await container_runtime.start(51, BUSYBOX_IMAGE, 8000, limits=SMALL, command=["sleep", "60"])
+    assert "list" in looks and again.running and again.container_id != first.container_id
+    assert [c.container_id for c in await container_runtime.list_managed()] == [again.container_id]
+
+
 async def test_stop_then_cleanup_leaves_nothing(container_runtime, docker_client, runtime_node):
     await container_runtime.start(41, DEMO_HTTP_IMAGE, DEMO_HTTP_PORT, limits=SMALL)
     await container_runtime.start(42, DEMO_HTTP_IMAGE, DEMO_HTTP_PORT, limits=SMALL)

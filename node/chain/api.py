@@ -125,6 +125,24 @@ class KaisarChain:
         raw = await self.client.call(self.escrow.functions.jobs(job_id))
         return Job(job_id, *raw)
 
+    async def job_and_checkers(self, job_id: int) -> tuple[Job, CheckerSet, int]:
+        """The job, the active checker set and the block's timestamp, all read at the
+        latest block, in one worker-thread hop (a provider's checks before a deploy)."""
+        jobs, active = self.escrow.functions.jobs(job_id), self.staking.functions.active_checkers()
+
+        def read() -> tuple[Job, CheckerSet, int]:
+            block = self.client.w3.eth.get_block("latest")
+            at = int(block["number"])
+            raw = jobs.call(block_identifier=at)
+            keys, stakes = active.call(block_identifier=at)
+            return (
+                Job(job_id, *raw),
+                CheckerSet(tuple(keys), tuple(int(x) for x in stakes)),
+                int(block["timestamp"]),
+            )
+
+        return await self.client.run(read)
+
     async def earned(self, job_id: int) -> int:
         return int(await self.client.call(self.escrow.functions.earned(job_id)))
 

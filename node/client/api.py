@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,10 @@ AD_WAIT_S = 12.0  # a provider re-advertises every 10 s by default
 POLL_INTERVAL_S = 0.5
 STATUS_QUERY_TIMEOUT_S = 10.0
 MAX_IMAGE_BYTES = 256
+PUSH_TIMEOUT_S = 5.0  # a provider's status push must arrive within this once the stream opens
+MAX_PUSH_SIGS = 256
+MAX_PUSHERS_PER_JOB = 16  # distinct signers whose pushed status is kept per waited job
+QC_RECENT_BLOCKS = 64  # chain_qc looks for the assignment in the newest blocks first
 
 
 @dataclass(frozen=True)
@@ -170,10 +174,18 @@ class Client:
         self.offers = OfferBook()
         self._peers: dict[str, str] = {}  # provider address -> peer id, from signed gossip
         self._statuses: dict[tuple[int, str], wire.Envelope] = {}  # (job, provider) -> newest
-        # job -> (deployment verified by wait_deployed, expiry in ms of the status it used)
-        self._verified: dict[int, tuple[verify.Deployment, int]] = {}
+        # (job, provider) -> the provider's own pushed status and its QC copy (jobs in
+        # self._waiting only)
+        self._pushed: dict[tuple[int, str], tuple[wire.Envelope, list[bytes]]] = {}
+        self._waiting: dict[int, int] = {}  # job -> wait_deployed calls in progress
+        self._assigned_to: dict[int, str] = {}  # waited job -> provider the chain names
+        # job -> (deployment verified by wait_deployed, expiry in ms of the status it
+        # used, trio time of the verification)
+        self._verified: dict[int, tuple[verify.Deployment, int, float]] = {}
         self._heard = trio.Event()
+        self.heard_count = 0  # messages heard so far (a waiter compares it: no lost wake-up)
         self._started = False
+        self.last_status_source = ""  # push | gossip | query: what the last verification used
 
     # lifecycle -------------------------------------------------------------------
 
@@ -215,6 +227,8 @@ class Client:
         self._started = True
         await self.host.subscribe(msg.AD_TOPIC, self._on_ad)
         await self.host.subscribe(msg.STATUS_TOPIC, self._on_status)
+        if hasattr(self.host, "set_handler"):
+            self.host.set_handler(msg.NOTIFY_PROTOCOL, self._on_push)
 
     async def _on_ad(self, env: wire.Envelope, peer: ID) -> None:
         if env.type != "ProviderAd":
@@ -232,7 +246,52 @@ class Client:
         elif env.type == "Heartbeat":
             self._peers.setdefault(env.signer, env.body["peer"])
 
+    async def _on_push(self, framed: Any, peer: ID) -> None:
+        """A provider pushes its signed status of a job this client is waiting for (the
+        moment the container is up). Taken only from the peer whose key signed it, so
+        nobody can pair another provider's status with a forged QC copy; the status and
+        the QC are verified in ``_try_verify`` like a queried one."""
+        obj = await framed.recv(max_size=msg.NOTIFY_MAX_BYTES, timeout=PUSH_TIMEOUT_S)
+        try:
+            sender = peer_id_to_address(peer)
+        except Exception:  # not a secp256k1 peer id: no provider key pushes from there
+            log.info("event=push_rejected peer=%s reason=not a node key", peer)
+            return
+        try:
+            if type(obj) is not dict or obj.get("t") != "status":
+                raise ValueError("not a status frame")
+            sigs = obj.get("qc_sigs")
+            if type(sigs) is not list or len(sigs) > MAX_PUSH_SIGS or not all(
+                type(x) is bytes and len(x) == 65 for x in sigs
+            ):
+                raise ValueError("qc_sigs must be a list of 65-byte signatures")
+            env = wire.decode(
+                obj.get("status", b""),
+                domain=self.host.domain,
+                network=self.host.network,
+                allowed_types=frozenset({"JobStatus"}),
+            )
+            if env.signer != sender:
+                raise ValueError(f"status signed by {env.signer}, pushed by another peer")
+        except (ValueError, wire.WireError) as exc:
+            log.info("event=push_rejected peer=%s reason=%s", peer, exc)
+            return
+        job_id = env.body["job_id"]
+        if job_id not in self._waiting:
+            return  # nobody asked: keep nothing
+        key = (job_id, env.signer)
+        if (
+            key not in self._pushed
+            and env.signer != self._assigned_to.get(job_id)
+            and sum(k[0] == job_id for k in self._pushed) >= MAX_PUSHERS_PER_JOB
+        ):
+            return  # only the assigned provider's counts: others cannot crowd it out
+        self._pushed[key] = (env, sigs)
+        self._peers[env.signer] = env.body["peer"]
+        self._wake()
+
     def _wake(self) -> None:
+        self.heard_count += 1
         self._heard.set()
         self._heard = trio.Event()
 
@@ -344,8 +403,21 @@ class Client:
         start = self.chain.deployment.block
 
         def read() -> list[bytes]:
+            # The assignment a waiting client sees is nearly always in the newest
+            # blocks: look there first, then in the rest (one range each; a scan of
+            # the whole chain cost the wait ~0.1 s per hundred blocks on eth-tester).
+            head = int(w3.eth.block_number)
+            recent = max(start, head - QC_RECENT_BLOCKS + 1)
+            ranges = [(recent, head)] + ([(start, recent - 1)] if recent > start else [])
+            for lo, hi in ranges:
+                sigs = match(lo, hi)
+                if sigs:
+                    return sigs
+            return []
+
+        def match(lo: int, hi: int) -> list[bytes]:
             entries = escrow.events.JobAssigned().get_logs(
-                from_block=start, argument_filters={"job_id": job.job_id}
+                from_block=lo, to_block=hi, argument_filters={"job_id": job.job_id}
             )
             for entry in reversed(entries):
                 tx = w3.eth.get_transaction(entry["transactionHash"])
@@ -446,40 +518,84 @@ class Client:
         """Return once the job is assigned on chain, certified by a checker quorum and
         reported up by the assigned provider's signature; every part verified here.
 
+        How it learns each part, fastest first: the chain is re-read when this process
+        mined a block or every ``poll_interval``; the provider's status arrives pushed
+        by the provider the moment the container is up (``/kaisar/notify/1``), or
+        gossiped, or asked for (at most once per ``poll_interval``); the checker set and
+        the chain's QC are read as soon as the assignment is seen, while the container
+        starts.
+
         Raises WaitTimeout (naming the missing step), JobEnded, or VerificationFailed
         when a claim is forged (the provider's QC or status does not verify).
         """
         say = _Once(progress)
         job = await self.my_job(job_id)
-        missing = "the on-chain assignment"
-        proofs: dict[tuple[int, str], tuple[CheckerSet, list[bytes]]] = {}
-        with trio.move_on_after(timeout):
-            while True:
-                if job.state == JOB_OPEN:
-                    say("waiting for assignment")
-                    missing = "the on-chain assignment (no checker quorum assigned the job yet)"
-                elif job.state == JOB_ASSIGNED:
-                    trace.mark("client_saw_assigned", job_id)
-                    say(f"assigned to {job.provider} round {job.round}")
-                    say("waiting for provider")
-                    missing = (
-                        f"the provider's signed status (provider {job.provider} did not answer)"
-                    )
-                    found = self._still_verified(job) or await self._try_verify(job, proofs)
-                    if found is not None:
-                        trace.mark("client_verified", job_id)
-                        say("deployed")
-                        return found
-                else:
-                    raise JobEnded(
-                        f"job {job_id} ended on chain: {JOB_STATES.get(job.state, job.state)}"
-                    )
-                # gossip (a status, an ad), a block this process mined, or the poll
-                await self._heard_something(self.poll_interval, self.chain.client.head_version)
-                job = await self.chain.get_job(job_id)
+        w = _Wait(missing="the on-chain assignment", read_at=trio.current_time())
+        self._waiting[job_id] = self._waiting.get(job_id, 0) + 1
+        try:
+            with trio.move_on_after(timeout):
+                try:
+                    async with trio.open_nursery() as nursery:
+                        found = await self._wait_loop(job, w, say, nursery)
+                        nursery.cancel_scope.cancel()  # a proof read still running
+                except BaseExceptionGroup as group:  # callers catch the error itself
+                    if len(group.exceptions) == 1:
+                        raise group.exceptions[0] from None
+                    raise
+                return found
+        finally:
+            left = self._waiting.pop(job_id) - 1
+            if left:
+                self._waiting[job_id] = left
+            else:
+                self._assigned_to.pop(job_id, None)
+                for key in [k for k in self._pushed if k[0] == job_id]:
+                    del self._pushed[key]
         raise WaitTimeout(
-            f"job {job_id} not deployed after {timeout:g} s: still waiting for {missing}"
+            f"job {job_id} not deployed after {timeout:g} s: still waiting for {w.missing}"
         )
+
+    async def _wait_loop(
+        self, job: Job, w: _Wait, say: _Once, nursery: trio.Nursery
+    ) -> verify.Deployment:
+        job_id = job.job_id
+        while True:
+            heard = self.heard_count
+            if job.state == JOB_OPEN:
+                say("waiting for assignment")
+                w.missing = "the on-chain assignment (no checker quorum assigned the job yet)"
+            elif job.state == JOB_ASSIGNED:
+                trace.mark("client_saw_assigned", job_id)
+                say(f"assigned to {job.provider} round {job.round}")
+                say("waiting for provider")
+                w.missing = f"the provider's signed status (provider {job.provider} did not answer)"
+                self._assigned_to[job_id] = job.provider
+                key = (job.round, job.provider)
+                if key not in w.proofs:  # read them while the container starts
+                    w.proofs[key] = slot = _Proofs()
+                    nursery.start_soon(self._read_proofs, job, slot)
+                found = self._still_verified(job) or await self._try_verify(job, w, nursery)
+                if found is not None:
+                    trace.mark("client_verified", job_id)
+                    say("deployed")
+                    return found
+            else:
+                raise JobEnded(
+                    f"job {job_id} ended on chain: {JOB_STATES.get(job.state, job.state)}"
+                )
+            # gossip or a push (a status, an ad), a block this process mined, or the poll
+            head = self.chain.client.head_version
+            next_read = w.read_at + self.poll_interval
+            if self.heard_count == heard:  # else something arrived meanwhile: look now
+                await self._heard_something(max(0.0, next_read - trio.current_time()), head)
+            if self.chain.client.head_version != head or trio.current_time() >= next_read:
+                job = await self.chain.get_job(job_id)
+                w.read_at = trio.current_time()
+            # else a message was heard: look at it with the job as last read
+
+    async def _read_proofs(self, job: Job, slot: _Proofs) -> None:
+        slot.value = (await self.checker_set(), await self.chain_qc(job))
+        slot.done.set()
 
     def _still_verified(self, job: Job) -> verify.Deployment | None:
         """This client's own verification of the same assignment, while the provider's
@@ -490,6 +606,14 @@ class Client:
         dep = got[0]
         return dep if (dep.round, dep.provider) == (job.round, job.provider) else None
 
+    def recently_verified(self, job_id: int, max_age: float) -> tuple[verify.Deployment, float] | None:
+        """This client's verification of ``job_id`` and its trio time, if it is at most
+        ``max_age`` s old and its status unexpired (``connect`` right after ``wait``)."""
+        got = self._verified.get(job_id)
+        if got is None or got[1] <= wire.now_ms() or trio.current_time() - got[2] > max_age:
+            return None
+        return got[0], got[2]
+
     def _gossiped_status(self, job: Job) -> wire.Envelope | None:
         """The assigned provider's newest gossiped status for this round, if live and fresh
         (its signature, network and freshness were checked when it arrived)."""
@@ -498,28 +622,51 @@ class Client:
             return None
         return env if env.body["state"] in verify.LIVE_STATES else None
 
+    def _pushed_status(self, job: Job) -> tuple[wire.Envelope, list[bytes]] | None:
+        """The assigned provider's pushed status for this round and its QC copy, if
+        unexpired (signature, network and sender were checked when it arrived)."""
+        got = self._pushed.get((job.job_id, job.provider))
+        if got is None:
+            return None
+        env = got[0]
+        if env.body["expiry"] <= wire.now_ms() or env.body["round"] != job.round:
+            return None
+        return got
+
     async def _try_verify(
-        self, job: Job, proofs: dict[tuple[int, str], tuple[CheckerSet, list[bytes]]]
+        self, job: Job, w: _Wait, nursery: trio.Nursery
     ) -> verify.Deployment | None:
-        """Verify the deployment from the provider's status: the gossiped one when it is
-        live (the chain's QC alone then certifies the assignment), else asked for over
-        /kaisar/status/1 (whose QC copy is verified too). None: not up yet."""
+        """Verify the deployment from the provider's status, the first of: pushed by the
+        provider (with its QC copy); gossiped when live (the chain's QC alone then
+        certifies the assignment); the provider's answer to a status query (its QC copy
+        is verified too). Queries run in the background, at most once per poll interval,
+        so a push or gossip is looked at while one is in flight. Every non-empty QC
+        source must verify against the on-chain checker set. None: not up yet."""
         key = (job.round, job.provider)
-        env = self._gossiped_status(job)
+        slot = w.proofs[key]
+        env: wire.Envelope | None = None
         provider_sigs: list[bytes] = []
-        if env is not None and key not in proofs:
-            proofs[key] = (await self.checker_set(), await self.chain_qc(job))
-        if env is None or not proofs[key][1]:
-            got = await self._provider_status(job)
-            if got is None:
-                return None
-            env, provider_sigs = got
+        source = ""
+        pushed = self._pushed_status(job)
+        if pushed is not None:
+            (env, provider_sigs), source = pushed, "push"
+        elif (gossiped := self._gossiped_status(job)) is not None:
+            await slot.done.wait()
+            if slot.get()[1]:  # a QC on chain to pair it with (else ask the provider)
+                env, source = gossiped, "gossip"
+        if env is None and key in w.answers:
+            (env, provider_sigs), source = w.answers[key], "query"
             if env.body["state"] not in verify.LIVE_STATES and env.signer == job.provider:
-                return None  # not up yet (or failed: checkers will move the job)
+                env = None  # not up yet (or failed: checkers will move the job)
+        if env is None:
+            now = trio.current_time()
+            if not w.querying and now - w.queried_at >= self.poll_interval:
+                w.querying, w.queried_at = True, now
+                nursery.start_soon(self._query, job, w)
+            return None
         trace.mark("client_got_status", job.job_id)
-        if key not in proofs:
-            proofs[key] = (await self.checker_set(), await self.chain_qc(job))
-        checkers, on_chain = proofs[key]
+        await slot.done.wait()
+        checkers, on_chain = slot.get()
         try:
             dep = verify.verify_deployment(
                 self.chain.domain, checkers, job, env, [on_chain, provider_sigs]
@@ -528,8 +675,19 @@ class Client:
             raise VerificationFailed(
                 f"job {job.job_id}: deployment does not verify: {exc}"
             ) from None
-        self._verified[job.job_id] = (dep, int(env.body["expiry"]))
+        self._verified[job.job_id] = (dep, int(env.body["expiry"]), trio.current_time())
+        self.last_status_source = source
         return dep
+
+    async def _query(self, job: Job, w: _Wait) -> None:
+        """One status query to the assigned provider; its answer wakes the wait."""
+        try:
+            got = await self._provider_status(job)
+        finally:
+            w.querying = False
+        if got is not None:
+            w.answers[(job.round, job.provider)] = got
+            self._wake()
 
     # status, logs, close ------------------------------------------------------------
 
@@ -593,6 +751,32 @@ class Client:
         from node.client.forward import Forwarder
 
         await Forwarder(self, job_id).serve(local_port, host=host, task_status=task_status)
+
+
+class _Proofs:
+    """The checker set and the chain's QC of one (round, provider), read in the
+    background from the moment ``wait`` sees the assignment."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.value: tuple[CheckerSet, list[bytes]] | None = None
+
+    def get(self) -> tuple[CheckerSet, list[bytes]]:
+        assert self.value is not None
+        return self.value
+
+
+@dataclass
+class _Wait:
+    """One ``wait_deployed`` call's progress."""
+
+    missing: str
+    read_at: float  # trio time of the last chain read of the job
+    queried_at: float = float("-inf")  # trio time of the last status query
+    querying: bool = False  # a status query is in flight
+    # (round, provider) -> the provider's latest answer to a status query (status, QC copy)
+    answers: dict[tuple[int, str], tuple[wire.Envelope, list[bytes]]] = field(default_factory=dict)
+    proofs: dict[tuple[int, str], _Proofs] = field(default_factory=dict)
 
 
 class _Once:

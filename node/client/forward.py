@@ -96,8 +96,16 @@ class Forwarder:
     async def serve(
         self, port: int, *, host: str = "127.0.0.1", task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Verify the deployment, then listen (a job that is not deployed is refused)."""
-        await self.current(force=True)
+        """Verify the deployment, then listen (a job that is not deployed is refused).
+
+        A verification this client made less than ``recheck`` s ago (``wait`` just
+        before ``connect``) is the route as it stands: the same age a route has
+        between two connections, so no chain read here."""
+        recent = self.client.recently_verified(self.job_id, self.recheck)
+        if recent is not None:
+            self.route, self._checked_at = recent
+        else:
+            await self.current(force=True)
         await self.serve_listening(port, host=host, task_status=task_status)
 
     async def serve_listening(

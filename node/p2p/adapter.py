@@ -38,8 +38,8 @@ covered by a test in tests/test_p2p_adapter.py that fails without it.
    of 25 nodes) the peer stays connected but never exchanges subscriptions and never
    joins a mesh. ``KaisarHost`` re-registers such peers with
    ``Pubsub.ensure_peer_stream``: one attempt per peer at a time, each allowed
-   PUBSUB_REPAIR_TIMEOUT, retried with a doubling wait (an earlier version cut each
-   attempt off after PUBSUB_REPAIR_INTERVAL = 1 s and started another: in a busy
+   PUBSUB_REPAIR_TIMEOUT, the next at the next PUBSUB_REPAIR_INTERVAL (an earlier
+   version cut each attempt off after PUBSUB_REPAIR_INTERVAL = 1 s and began another: in a busy
    process, where a stream negotiation takes longer, the peer was never registered and
    every second left a half-negotiated stream behind).
 9. Teardown race. When hosts stop while gossip is in flight, pubsub's stream reader
@@ -133,7 +133,6 @@ OUTBOUND_QUEUE_SIZE = 4096
 GOSSIP_MAX_MSGS_PER_PEER_TOPIC_SECOND = 2000.0
 PUBSUB_REPAIR_INTERVAL = 1.0
 PUBSUB_REPAIR_TIMEOUT = 10.0  # one registration attempt (a stream open + hello)
-PUBSUB_REPAIR_MAX_WAIT = 30.0  # longest pause between attempts for one peer
 YAMUX_MAX_FRAME = 1 << 20
 YAMUX_UPSTREAM_POLL = 0.01
 YAMUX_WINDOW_POLL = 0.001

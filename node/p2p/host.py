@@ -206,44 +206,29 @@ class KaisarHost:
         py-libp2p opens the pubsub stream from the ``connected`` notifee and gives up
         on a failed protocol negotiation; such a peer stays connected but never
         exchanges subscriptions, so it never joins a mesh. Every
-        PUBSUB_REPAIR_INTERVAL each such peer gets a registration attempt of its own:
-        never two at once for one peer, each allowed PUBSUB_REPAIR_TIMEOUT (cutting
-        one short when the process is busy only abandons a half-negotiated stream and
-        opens another), and after each failure the peer waits twice as long, up to
-        PUBSUB_REPAIR_MAX_WAIT.
+        PUBSUB_REPAIR_INTERVAL each such peer without an attempt in flight gets one,
+        allowed PUBSUB_REPAIR_TIMEOUT: cutting an attempt short when the process is busy
+        only abandons a half-negotiated stream and opens another.
         """
         assert self._nursery is not None
         busy: set[ID] = set()
-        waits: dict[ID, tuple[float, float]] = {}  # peer -> (trio time of next try, wait)
 
         async def attempt(peer: ID) -> None:
-            ok = False
             try:
                 with trio.move_on_after(adapter.PUBSUB_REPAIR_TIMEOUT):
-                    ok = await self.pubsub.ensure_peer_stream(peer, timeout=adapter.PUBSUB_REPAIR_TIMEOUT)
+                    if await self.pubsub.ensure_peer_stream(peer, timeout=adapter.PUBSUB_REPAIR_TIMEOUT):
+                        log.info("event=pubsub_peer_repaired peer=%s", peer)
             except Exception as exc:  # the peer went away; a later round retries
                 log.debug("event=pubsub_repair_failed peer=%s err=%s", peer, exc)
             finally:
                 busy.discard(peer)
-            if ok:
-                log.info("event=pubsub_peer_repaired peer=%s", peer)
-                waits.pop(peer, None)
-            else:
-                wait = min(2 * waits.get(peer, (0.0, adapter.PUBSUB_REPAIR_INTERVAL / 2))[1],
-                           adapter.PUBSUB_REPAIR_MAX_WAIT)  # fmt: skip
-                waits[peer] = (trio.current_time() + wait, wait)
 
         while True:
             await trio.sleep(adapter.PUBSUB_REPAIR_INTERVAL)
-            now = trio.current_time()
-            connected = set(self.host.get_connected_peers())
-            for peer in [p for p in waits if p in self.pubsub.peers or p not in connected]:
-                del waits[peer]  # registered by pubsub itself meanwhile, or gone
-            for peer in connected:
-                if peer in self.pubsub.peers or peer in busy or waits.get(peer, (0.0,))[0] > now:
-                    continue
-                busy.add(peer)
-                self._nursery.start_soon(attempt, peer)
+            for peer in self.host.get_connected_peers():
+                if peer not in self.pubsub.peers and peer not in busy:
+                    busy.add(peer)
+                    self._nursery.start_soon(attempt, peer)
 
     async def _dial_bootstrap(self, addr: str) -> None:
         """Dial a bootstrap peer, and dial it again whenever the connection is gone.

@@ -80,6 +80,10 @@ log = logging.getLogger("kaisar.checker")
 POPW_PROTOCOL = "/kaisar/popw/1"
 VERDICT_OF = {PASS: votes.VERDICT_PASS, FAIL: votes.VERDICT_FAIL, LATE: votes.VERDICT_LATE}
 SECONDS_PER_HOUR = 3600
+# A JobCreated event in the newest blocks the watcher has read starts the job from the
+# event itself (a new job is open in round 0 with no failures): no chain read before
+# the round-0 leader proposes. Older ones (a restart catching up) are read from chain.
+FRESH_EVENT_BLOCKS = 2
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,24 @@ def job_spec(job: Any) -> JobSpec:
     )
 
 
+@dataclass(frozen=True)
+class _CreatedJob:
+    """What ``job_spec`` reads of a job."""
+
+    job_id: int
+    gpu_class: bytes
+    count: int
+    price: int
+
+
+def created_job_spec(args: Any) -> JobSpec:
+    """``job_spec`` of a job from its JobCreated event (the same fields, as created)."""
+    return job_spec(
+        _CreatedJob(job_id=int(args["job_id"]), gpu_class=args["gpu_class"], count=args["count"],
+            price=args["price"])
+    )  # fmt: skip
+
+
 class CheckerService:
     def __init__(
         self,
@@ -198,6 +220,7 @@ class CheckerService:
         self._challenged: set[tuple[int, str]] = set()
         self._status_subscribed = False
         self._nursery: trio.Nursery | None = None
+        self._watcher: EventWatcher | None = None
         self.hop: Any = None  # the running relay hop (adapter.RelayHopProtocol)
 
     # lifecycle --------------------------------------------------------------------
@@ -237,6 +260,7 @@ class CheckerService:
                 from_block=self.chain.deployment.block,
                 poll_interval=self.settings.chain_poll,
             )  # fmt: skip
+            self._watcher = watcher
             send, recv = trio.open_memory_channel[Any](256)
             await nursery.start(watcher.run, send)
             nursery.start_soon(self._event_loop, recv)
@@ -327,7 +351,16 @@ class CheckerService:
     async def _on_event(self, ev: Any) -> None:
         assert self.engine is not None
         job_id = int(ev.args.get("job_id", -1))
-        if ev.name in ("JobCreated", "JobReassigned"):
+        if ev.name == "JobCreated" and self._fresh(ev):
+            trace.mark("checker_saw_job", job_id)
+            # Open in round 0 by construction; if a quorum assigned it meanwhile (the same
+            # race as a chain read just before), its JobAssigned event follows and settles it.
+            spec = created_job_spec(ev.args)
+            providers, epoch = self.view(spec)
+            self.assigned.pop(job_id, None)
+            self.status_seen.pop(job_id, None)
+            await self.engine.start_job(spec, providers, epoch, attempt=0, first_round=0)
+        elif ev.name in ("JobCreated", "JobReassigned"):
             trace.mark("checker_saw_job", job_id)
             job = await self.chain.get_job(job_id)
             if job.state == JOB_OPEN:
@@ -358,6 +391,15 @@ class CheckerService:
             provider = to_checksum_address(ev.args["provider"])
             epoch = int(ev.args["epoch"])
             self.standing[provider] = max(self.standing.get(provider, epoch), epoch)
+
+    def _fresh(self, ev: Any) -> bool:
+        """Is ``ev`` from the newest blocks the (caught-up) watcher has read?"""
+        w = self._watcher
+        return (
+            w is not None
+            and w.caught_up
+            and ev.block_number >= w.next_block - 1 - FRESH_EVENT_BLOCKS
+        )
 
     def _note_assigned(self, job: Any) -> None:
         a = self.assigned.get(job.job_id)

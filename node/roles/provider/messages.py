@@ -30,6 +30,11 @@ from node.p2p.host import TOPIC_TYPES
 
 AD_TOPIC = "ads/1"
 STATUS_TOPIC = "status/1"
+# provider -> job owner's peer, once the container is up: {t: "status", status: signed
+# JobStatus envelope bytes, qc_sigs: [65-byte AssignVote signatures]} (no reply). The
+# client takes it only from the peer whose key signed the status (see node/client/api.py).
+NOTIFY_PROTOCOL = "/kaisar/notify/1"
+NOTIFY_MAX_BYTES = 64 * 1024
 
 # JobStatus.state values
 DEPLOYING = "deploying"  # certified and accepted; the container is still starting

@@ -37,6 +37,7 @@ import docker
 import docker.errors
 import requests.exceptions
 import trio
+from docker.models.containers import _create_container_args  # docker>=7,<8 (pyproject)
 from docker.types import DeviceRequest, LogConfig, Ulimit
 
 from node import trace
@@ -368,33 +369,65 @@ class ContainerRuntime:
         command: list[str] | None,
     ) -> ContainerInfo:
         client = self._docker()
-        for existing in self._find(job_id):
-            info = info_from_attrs(existing.attrs)
-            if info.running and info.image == image and info.host_port is not None:
-                log.info(
-                    "event=container_reused job=%s container=%s", job_id, info.container_id[:12]
-                )
-                return info
-            log.info("event=container_replaced job=%s state=%s", job_id, info.state)
-            self._force_remove(existing)
-        try:
-            ensure_image(client, image, allow_pull=self.allow_pull)
-        except ImageUnavailable as e:
-            raise ContainerError(Reason.IMAGE_MISSING, str(e)) from e
         spec = container_spec(self.node, job_id, image, port, gpus, limits, env, command)
         trace.mark("container_create", job_id)
-        try:
-            container = client.containers.create(**spec)
-        except docker.errors.APIError as e:
-            raise ContainerError(
-                Reason.START_FAILED, f"job {job_id}: create failed: {_explain(e)}"
-            ) from e
+        # Create first, look only when needed: the name is the job's, so an existing
+        # container of the job makes create fail with 409, and a missing image with
+        # 404 (then pulled if allowed). Saves the list and image round trips before
+        # every start.
+        container = self._create(client, spec, job_id, image)
+        if container is None:  # the job has a container already
+            for existing in self._find(job_id):
+                info = info_from_attrs(existing.attrs)
+                if info.running and info.image == image and info.host_port is not None:
+                    log.info(
+                        "event=container_reused job=%s container=%s",
+                        job_id,
+                        info.container_id[:12],
+                    )
+                    return info
+                log.info("event=container_replaced job=%s state=%s", job_id, info.state)
+                self._force_remove(existing)
+            container = self._create(client, spec, job_id, image)
+            if container is None:
+                raise ContainerError(
+                    Reason.START_FAILED,
+                    f"job {job_id}: create failed: name {spec['name']} is taken by a "
+                    "container that is not this node's",
+                )
         try:
             return self._start_created(container, job_id, port, gpus)
         except BaseException:
             # Docker leaves a failed start "Created" (GPU request, bad command, ...).
             self._force_remove(container)
             raise
+
+    def _create(self, client: Any, spec: dict[str, Any], job_id: int, image: str) -> Any:
+        """``docker create`` of ``spec``: the container (id only; ``reload`` fills it in),
+        or None if its name is taken (409). A missing image is pulled once (if allowed)."""
+        for attempt in range(2):
+            try:
+                # containers.create would inspect the new container at once; start's
+                # reload does that anyway (docker-py 7's own argument conversion)
+                args = _create_container_args({**spec, "version": client.api._version})
+                created = client.api.create_container(**args)
+                return client.containers.prepare_model({"Id": created["Id"]})
+            except docker.errors.ImageNotFound as e:
+                if attempt:
+                    raise ContainerError(
+                        Reason.START_FAILED, f"job {job_id}: create failed: {_explain(e)}"
+                    ) from e
+                try:
+                    ensure_image(client, image, allow_pull=self.allow_pull)
+                except ImageUnavailable as missing:
+                    raise ContainerError(Reason.IMAGE_MISSING, str(missing)) from missing
+            except docker.errors.APIError as e:
+                if e.status_code == 409:
+                    return None
+                raise ContainerError(
+                    Reason.START_FAILED, f"job {job_id}: create failed: {_explain(e)}"
+                ) from e
+        raise AssertionError("unreachable")
 
     def _start_created(
         self, container: Any, job_id: int, port: int, gpus: tuple[str, ...]

@@ -60,6 +60,7 @@ STATUS_PROTOCOL = "/kaisar/status/1"
 LOG_FRAME_BYTES = 32 * 1024
 MAX_BUSY_SECONDS = 3600.0
 CHECKER_CACHE_S = 30.0  # how long the provider trusts its copy of the active checker set
+NOTIFY_TIMEOUT = 5.0  # the push of a "deployed" status to the owner's peer
 STATE_FILE = "provider.sqlite"
 
 
@@ -120,6 +121,13 @@ def inventory_summary(inv: Inventory) -> dict[str, Any]:
     }
 
 
+def seconds_left(job: Any, chain_time: int) -> float:
+    """Paid time left: from the chain's clock once assigned, all of it while open."""
+    if job.state == JOB_ASSIGNED:
+        return float(job.started + job.remaining - chain_time)
+    return float(job.remaining)
+
+
 class ProviderService:
     def __init__(
         self,
@@ -154,7 +162,9 @@ class ProviderService:
         self._checkers: set[str] = set()
         self._checkers_at = -CHECKER_CACHE_S - 1.0
         self._last_chain_poll = 0.0
+        self._nursery: trio.Nursery | None = None
         self.ads_sent = 0
+        self.owner_notified = 0  # "deployed" statuses pushed to an owner's peer
         self.relay: RelayClient | None = None
         if settings.relay.mode != "off":  # NAT: reachable through checkers' relays
             self.relay = RelayClient(host, settings.relay, on_change=self.changed)
@@ -216,6 +226,7 @@ class ProviderService:
         )
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 if self.relay is not None:
                     await nursery.start(self.relay.run)
                 nursery.start_soon(self._ad_loop)
@@ -223,6 +234,7 @@ class ProviderService:
                 nursery.start_soon(self.data_path.run)
                 task_status.started(self)
         finally:
+            self._nursery = None
             self.state.close()
 
     async def _check_engine(self) -> None:
@@ -372,8 +384,7 @@ class ProviderService:
             raise DeployRefused(f"job {req.job_id} already runs here for round {existing.round}")
         if not self.accepting or self.runtime is None:
             raise DeployRefused("no container engine: this provider accepts no deploys now")
-        job = await self.chain.get_job(req.job_id)
-        chain_set = await self.chain.active_checkers()
+        job, chain_set, chain_time = await self.chain.job_and_checkers(req.job_id)
         try:
             checkers = make_checker_set(zip(chain_set.node_keys, chain_set.stakes, strict=True))
         except CheckerSetError as exc:
@@ -385,7 +396,7 @@ class ProviderService:
         if len(free) < count:
             raise DeployRefused(f"needs {count} GPUs, {len(free)} free")
         now = self.clock()
-        expires = now + await self._seconds_left(job)
+        expires = now + seconds_left(job, chain_time)
         if expires <= now:
             raise DeployRefused(f"job {req.job_id} has no time left")
         rec = JobRecord(
@@ -406,7 +417,7 @@ class ProviderService:
             return {"t": "failed", "job_id": req.job_id, "reason": rec.reason}
         rec.container_id, rec.host_port = info.container_id, info.host_port
         self.state.update_job(req.job_id, container_id=info.container_id, host_port=info.host_port)
-        await self._set_state(rec, msg.RUNNING, "", status=msg.DEPLOYED)
+        await self._set_state(rec, msg.RUNNING, "", status=msg.DEPLOYED, notify_owner=True)
         trace.mark("status_published", req.job_id)
         log.info(
             "event=job_deployed job=%d image=%s port=%d host_port=%s",
@@ -417,7 +428,7 @@ class ProviderService:
     async def _seconds_left(self, job: Any) -> float:
         if job.state == JOB_ASSIGNED:
             block = await self.chain.client.get_block("latest")  # type: ignore[union-attr]
-            return float(job.started + job.remaining - int(block["timestamp"]))
+            return seconds_left(job, int(block["timestamp"]))
         return float(job.remaining)
 
     def _deployed_reply(self, rec: JobRecord) -> dict[str, Any]:
@@ -454,13 +465,47 @@ class ProviderService:
         )
 
     async def publish_status(self, rec: JobRecord, state: str | None = None) -> None:
+        await self._publish_status_env(rec, self.status_envelope(rec, state))
+
+    async def _publish_status_env(self, rec: JobRecord, env: Any) -> None:
         try:
-            await self.host.publish(msg.STATUS_TOPIC, self.status_envelope(rec, state))
+            await self.host.publish(msg.STATUS_TOPIC, env)
         except Exception as exc:  # no peers: the heartbeat repeats it
             log.debug("event=status_publish_failed job=%d err=%s", rec.job_id, exc)
 
+    async def notify_owner(self, rec: JobRecord, env: Any) -> int:
+        """Push the signed status and the QC to the job owner's connected peer(s), so a
+        waiting client learns the deployment now rather than from gossip or its poll.
+        Best effort (gossip and status queries stay the fallback); returns pushes made."""
+        owner = rec.owner.lower()
+        frame = {"t": "status", "status": env.to_bytes(), "qc_sigs": list(rec.qc_sigs)}
+        sent = 0
+        for peer in self.host.connected_peers():
+            try:
+                if peer_id_to_address(peer).lower() != owner:
+                    continue
+            except Exception:  # not a secp256k1 peer id: not an owner's key
+                continue
+            try:
+                with trio.fail_after(NOTIFY_TIMEOUT):
+                    async with self.host.open_stream(peer, msg.NOTIFY_PROTOCOL) as framed:
+                        await framed.send(frame, timeout=NOTIFY_TIMEOUT)
+                sent += 1
+            except Exception as exc:  # an old client without the handler, a reset, a timeout
+                log.info("event=owner_notify_failed job=%d peer=%s err=%s", rec.job_id, peer, exc)
+        self.owner_notified += sent
+        if not sent:
+            log.info("event=owner_not_notified job=%d owner=%s", rec.job_id, rec.owner)
+        return sent
+
     async def _set_state(
-        self, rec: JobRecord, state: str, reason: str, *, status: str | None = None
+        self,
+        rec: JobRecord,
+        state: str,
+        reason: str,
+        *,
+        status: str | None = None,
+        notify_owner: bool = False,
     ) -> None:
         rec.state, rec.reason = state, reason
         self.state.update_job(rec.job_id, state=state, reason=reason)
@@ -470,7 +515,13 @@ class ProviderService:
                 scope.cancel()
             log.info("event=job_ended job=%d state=%s reason=%s", rec.job_id, state, reason)
         self.changed()
-        await self.publish_status(rec, status)
+        env = self.status_envelope(rec, status)
+        if notify_owner:  # first, and in parallel: the owner's client is waiting for it
+            if self._nursery is not None:
+                self._nursery.start_soon(self.notify_owner, rec, env)
+            else:
+                await self.notify_owner(rec, env)
+        await self._publish_status_env(rec, env)
 
     async def end_job(self, job_id: int, state: str, reason: str) -> None:
         """Stop a job's container (kept for its logs until log_retention) and report it."""
