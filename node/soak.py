@@ -87,6 +87,14 @@ class Track:
     final: str = ""
     outcome: str = ""
     note: str = ""
+    history: list[str] = field(default_factory=list)  # what the follower saw, for a lost job
+
+    def say(self, what: str) -> None:
+        """Remember a step (seconds since bought); the last few explain a lost job."""
+        self.note = what[:200]
+        log.info("event=soak_job job=%d %s", self.job_id, what[:300])
+        self.history.append(f"{time.time() - self.bought:.1f}s {what[:160]}")
+        del self.history[:-40]
 
 
 @dataclass
@@ -248,15 +256,20 @@ class Soak:
 
         deadline = t.bought + t.duration + self.s.drain_s
         last_provider = ""
+        last_seen: tuple[int, int, str] = (0, -1, "")
         try:
             while time.time() < deadline:
                 try:
                     job = await client.chain.get_job(t.job_id)
                 except ChainError as exc:
-                    t.note = str(exc)[:200]
+                    t.say(f"get_job: {exc}")
                     await trio.sleep(1.0)
                     continue
                 now = time.time()
+                seen = (job.state, job.round, job.provider)
+                if seen != last_seen:
+                    last_seen = seen
+                    t.say(f"chain {JOB_STATE.get(job.state)} r{job.round} {job.provider[:10]}")
                 if job.failures > t.failures:  # a certified failure reopened the job
                     t.failures = job.failures
                     t.failed_at.append((now, last_provider, job.round))
@@ -279,9 +292,9 @@ class Soak:
                     t.final = JOB_STATE.get(job.state, str(job.state))
                     return
                 await trio.sleep(1.0)
-            t.note = t.note or "did not end in time"
+            t.say("did not end in time")
         except ClientError as exc:
-            t.note = str(exc)[:200]
+            t.say(f"follow: {exc}")
         finally:
             self.live -= 1
             self.progress(f"job {t.job_id}: {t.final or 'unfinished'} served rounds {sorted(t.served)}")
@@ -293,7 +306,7 @@ class Soak:
         try:
             await call
         except (ChainError, ClientError) as exc:  # someone else ended it first, or not yet
-            t.note = str(exc)[:200]
+            t.say(str(exc))
         await trio.sleep(0.5)
 
     async def _serve(self, client: Any, t: Track, job: Any) -> None:
@@ -302,9 +315,11 @@ class Soak:
 
         try:
             dep = await client.wait_deployed(t.job_id, timeout=8)
-        except ClientError:
+        except ClientError as exc:
+            t.say(f"wait r{job.round}: {exc}")
             return
         if dep.round != job.round:
+            t.say(f"verified round {dep.round}, chain says {job.round}")
             return
         try:
             async with trio.open_nursery() as nursery:
@@ -317,9 +332,12 @@ class Soak:
                         now = time.time()
                         t.served[job.round] = (dep.provider, now)
                         self._note_reassign(t, job.round, now)
+                        t.say(f"served r{job.round} by {dep.provider[:10]}")
+                    else:
+                        t.say(f"http r{job.round}: {answer[:60]!r}")
                 nursery.cancel_scope.cancel()
         except Exception as exc:  # the provider went away mid-request: try again later
-            t.note = f"tunnel: {exc}"[:200]
+            t.say(f"tunnel r{job.round}: {exc!r}")
 
     def _note_reassign(self, t: Track, round_: int, served_at: float) -> None:
         """Served again after a certified failure: time from the failed provider's fault
@@ -390,7 +408,8 @@ class Soak:
             counts[t.outcome] += 1
             if t.outcome == "lost":
                 lost.append({"job": t.job_id, "final": t.final or "unfinished",
-                             "served_rounds": sorted(t.served), "note": t.note})  # fmt: skip
+                             "served_rounds": sorted(t.served), "note": t.note,
+                             "history": t.history})  # fmt: skip
         kinds: dict[str, int] = {}
         for f in self.faults:
             kinds[f.kind] = kinds.get(f.kind, 0) + 1

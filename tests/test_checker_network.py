@@ -157,3 +157,48 @@ async def test_deploy_goes_out_while_the_assignment_is_mined(tmp_path):
                 while (await kc.get_job(refused)).failures < 1:
                     await trio.sleep(0.1)
             nursery.cancel_scope.cancel()
+
+
+async def test_a_restarted_checker_takes_popw_standing_from_the_chain(tmp_path):
+    """PoPW standing lives in memory; a checker that (re)starts mid-epoch heard none of
+    the epoch's PoPW gossip. It takes standing from Rewards' Certified events instead,
+    so it can prevote a proposal at once (in the churn soak, a restarted checker found
+    no provider eligible for up to a minute; with one more checker down, 4 checkers
+    had no quorum and jobs were never assigned)."""
+    import dataclasses
+
+    from node.consensus.checkers import make_checker_set
+    from node.consensus.qc import build_popw_qc, sign_popw_vote
+    from node.consensus.scheduler import has_popw_standing
+    from node.roles.checker.service import job_spec
+
+    checkers = [ident(f"std-checker{i}") for i in range(4)]
+    provider = ident("std-provider")
+    dev = await start_embedded([GenesisChecker(c, c, ETHER) for c in checkers])
+    kc = dev.chain
+    cset = make_checker_set((c.address, ETHER) for c in checkers)
+    cls = votes.gpu_class_id("cpu")
+    signed = [sign_popw_vote(c, kc.domain, 0, provider.address, votes.VERDICT_PASS, cls) for c in checkers[:3]]
+    qc = build_popw_qc(kc.domain, cset, signed, 0)
+    assert qc is not None
+    await kc.submit_popw(checkers[0], 0, provider.address, cls, qc.signatures)  # Certified
+    settings = dataclasses.replace(FAST, popw=False)  # no PoPW here: only the chain can tell
+    async with start_network(2, identities=[checkers[3], provider], domain=kc.domain) as hosts:
+        async with trio.open_nursery() as nursery:
+            ads = HonestProvider(hosts[1], kc)
+            await nursery.start(ads.run)
+            svc = CheckerService(hosts[0], hosts[0].identity, kc, tmp_path / "c", settings, classes=FAST_CLASSES)
+            await nursery.start(svc.run)
+            with trio.fail_after(10):
+                while provider.address not in svc.standing or provider.address not in svc.ads:
+                    await trio.sleep(0.05)
+            assert svc.standing[provider.address] == 0 == svc.epoch()
+            owner = ident("std-owner")
+            await dev.fund(owner.address)
+            job = await kc.create_job(
+                owner, spec_hash=b"\x01" * 32, gpu_class=cls, count=1, image="busybox", port=8080,
+                duration=600, price_per_second=10**9,
+            )  # fmt: skip
+            view, epoch = svc.view(job_spec(await kc.get_job(job)))
+            assert [p.address for p in view if has_popw_standing(p, epoch)] == [provider.address]
+            nursery.cancel_scope.cancel()

@@ -243,6 +243,47 @@ async def test_wait_learns_deployment_from_gossip_and_connect_reuses_it(
         assert again is not dep and (again.round, again.provider) == (dep.round, dep.provider)
 
 
+async def test_connect_dials_a_provider_known_only_from_gossip(world, container_runtime, tmp_path):
+    """The owner's host is connected to a gossip peer only, never to the provider: the
+    deployment verifies from the gossiped status + the chain's QC, so nothing dialled the
+    provider. A tunnel must then dial it with its ad's addresses (a bare peer ID has
+    none: the churn soak lost a job whose every tunnel failed with "no direct address")."""
+    from node.devnet import DEVNET_DOMAIN, DEVNET_NETWORK, FAST_GOSSIP
+    from node.p2p.host import HostOptions, open_host
+
+    async def ignore(env, peer) -> None:
+        return None
+
+    async with start_network(2, identities=[ident("gossip-middle"), world.providers[0]]) as (
+        middle,
+        phost,
+    ):
+        for suffix in ("ads/1", "status/1"):  # the middle relays the provider's gossip
+            await middle.subscribe(suffix, ignore)
+        opts = HostOptions(bootstrap=[middle.addrs()[0]], gossip=FAST_GOSSIP, dht=False)
+        async with open_host(world.owner, network=DEVNET_NETWORK, domain=DEVNET_DOMAIN, options=opts) as chost:
+            async with trio.open_nursery() as nursery:
+                svc = ProviderService(
+                    phost, SETTINGS, tmp_path / "p.sqlite", chain=world.kc,
+                    runtime=container_runtime, inventory=Inventory(cpu="test", cpu_count=2),
+                )  # fmt: skip
+                await nursery.start(svc.run)
+                client = Client(world.owner, chost, world.kc, ad_wait=10.0, poll_interval=0.2)
+                await client.start()
+                job = await client.buy("cpu", 1, DEMO_HTTP_IMAGE, DEMO_HTTP_PORT, hours=1)
+                provider = world.providers[0].address
+                sigs = world.assign_sigs(job, 0, provider, world.checkers[:2])
+                await world.kc.assign(world.outsider, job, 0, provider, sigs)
+                frame = {"t": "deploy", "job_id": job, "round": 0, "provider": provider, "sigs": sigs}
+                assert (await pclient.send_deploy(middle, phost.peer_id, frame))["t"] == "deployed"
+                await client.wait_deployed(job, timeout=30)
+                assert phost.peer_id not in chost.connected_peers()  # verified from gossip alone
+                port = await nursery.start(client.connect, job, 0)
+                page = await http_get(port, "/cgi-bin/echo?gossip")
+                assert b"200 OK" in page and f"job={job}".encode() in page, page
+                nursery.cancel_scope.cancel()
+
+
 async def test_provider_pushes_the_deployment_to_the_waiting_owner(world, container_runtime, tmp_path):
     """The provider pushes its signed "deployed" status and QC copy to the owner's
     connected peer the moment the container is up: a client that hears no gossip, polls

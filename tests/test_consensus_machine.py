@@ -213,6 +213,36 @@ def test_leader_crash_moves_to_next_leader_on_timeout():
     assert ms[alive[0]].on_timeout(42, 1) == []  # decided: no more rounds
 
 
+def test_a_checker_behind_skips_to_the_round_over_a_third_of_stake_proposed_in():
+    """A restarted or paused checker is rounds behind and round timeouts run at one pace
+    once capped: it skips ahead when leaders with > 1/3 of stake proposed in later
+    rounds (then takes the next round's stored proposal too), never on one leader alone."""
+    ms, checkers = machines()
+    order = rules.get_leader_order(checkers, 42)
+    m = next(x for x in ms if x.address == order[2])  # leads neither round 4 nor round 5
+    lead4, lead5 = identity_of(checkers, 42, 4), identity_of(checkers, 42, 5)
+    m.on_job(JOB, PROVIDERS, 0)
+    # one leader (1/4 of stake, may be Byzantine) far ahead: stay
+    assert m.on_proposal(Proposal(sign_prevote(lead5, DOMAIN, 42, 5, P1))) == []
+    assert m.jobs[42].round == 0
+    # a second leader: 2/4 > 1/3 of stake is in rounds >= 4, so an honest checker is there
+    out = m.on_proposal(Proposal(sign_prevote(lead4, DOMAIN, 42, 4, P1)))
+    assert m.jobs[42].round == 5
+    sent = [(o.to, o.message.round) for o in out if isinstance(o, Send)]
+    assert sent == [(lead4.address, 4), (lead5.address, 5)]
+    assert {o.round for o in out if isinstance(o, StartTimer)} == {4, 5}
+
+
+def test_a_restarted_checker_skips_rounds_on_proposals_heard_before_its_job_started():
+    ms, checkers = machines()
+    order = rules.get_leader_order(checkers, 42)
+    m = next(x for x in ms if x.address == order[0])
+    for r in (6, 7):
+        m.on_proposal(Proposal(sign_prevote(identity_of(checkers, 42, r), DOMAIN, 42, r, P1)))
+    m.on_job(JOB, PROVIDERS, 0)
+    assert m.jobs[42].round == 7
+
+
 def test_stale_timeout_is_ignored():
     ms, _ = machines()
     ms[0].on_job(JOB, PROVIDERS, 0)

@@ -18,17 +18,13 @@ pytestmark = [pytest.mark.docker, pytest.mark.anvil, pytest.mark.slow]
 
 
 async def test_short_soak_loses_nothing(docker_engine, tmp_path):
-    if os.environ.get("KAISAR_SOAK") != "1":
-        # Known failure (issue #10 stays open): on a quiet machine this schedule left 2 of
-        # 2 jobs never assigned within the 240 s drain (docs/SOAK.md, "Open problem").
-        # Opt in with KAISAR_SOAK=1 until the liveness bug under checker churn is fixed.
-        pytest.skip("short soak is opt-in (KAISAR_SOAK=1) until its lost-job bug is fixed")
     anvil_or_skip()
     load = os.getloadavg()[0]
-    if load > 4 * (os.cpu_count() or 1):
+    if load > 6 * (os.cpu_count() or 1):
         # Measured: at load average 25-42 on 2 cores a node process takes 20-35 s to
         # start and PoPW provers run 20x slower than rated, so the short soak's deadlines
-        # cannot be met (docs/SOAK.md). A timing failure there would say nothing.
+        # cannot be met (docs/SOAK.md). A timing failure there would say nothing. At load
+        # 8-10 (2 cores) it passed in 77-90 s.
         pytest.skip(f"machine overloaded (load average {load:.0f}): the soak's timings do not hold")
     settings = SoakSettings(
         minutes=0.6, seed=7, checkers=4, providers=2, max_live=2, buy_every=(2.0, 4.0),

@@ -464,7 +464,10 @@ class Client:
                 continue
         return None
 
-    async def _reach(self, provider: str) -> ID | None:
+    async def reach(self, provider: str) -> ID | None:
+        """The provider's peer, dialled with its ad's addresses when not connected (None
+        if nothing was heard from it). A deployment verified from gossip alone (status
+        + chain QC) never connected to the provider: tunnels and logs need this first."""
         peer = self.provider_peer(provider)
         # A fresh client (one CLI command) has heard nobody yet: give the provider's
         # periodic ad up to ad_wait to arrive before saying it is unknown.
@@ -493,7 +496,7 @@ class Client:
 
     async def _provider_status(self, job: Job) -> tuple[wire.Envelope, list[bytes]] | None:
         """Ask the assigned provider (as owner) for its signed status and QC; None if unreachable."""
-        peer = await self._reach(job.provider)
+        peer = await self.reach(job.provider)
         if peer is None:
             return None
         with trio.move_on_after(STATUS_QUERY_TIMEOUT_S):
@@ -703,7 +706,7 @@ class Client:
         job = await self.my_job(job_id)
         if job.state != JOB_ASSIGNED:
             raise ClientError(f"job {job_id} has no container: it is {JOB_STATES.get(job.state)}")
-        peer = await self._reach(job.provider)
+        peer = await self.reach(job.provider)
         if peer is None:
             raise ClientError(
                 f"provider {job.provider} of job {job_id} is unknown here: no ad or status heard yet"

@@ -137,6 +137,9 @@ class Forwarder:
                     return
                 try:
                     peer = pclient_peer(route)
+                    # A route verified from gossip never dialled the provider, and a bare
+                    # peer ID has no address to dial: reach it with its ad's addresses.
+                    await self.client.reach(route.provider)
                     async with pclient.open_tunnel(
                         self.client.host,
                         peer,

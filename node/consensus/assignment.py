@@ -42,6 +42,10 @@ highest known PrepareQC to the next leader; a leader of round r > 0 waits
 and every honest checker can prevote its proposal (rule 5). The Byzantine split that
 stalled the one-step protocol (an equivocating leader splitting honest locks while
 Byzantine voters withhold) cannot stall this one: locks move to a later polka.
+A checker that fell behind (restarted, paused) skips to round R once leaders holding
+> 1/3 of stake proposed in rounds >= R (``AssignmentMachine._skip_rounds``, as in
+Tendermint): some honest checker is there, so Byzantine leaders cannot pull anyone ahead
+of every honest checker.
 """
 
 from __future__ import annotations

@@ -102,6 +102,7 @@ class JobState:
     prevotes: dict[tuple[int, str], dict[str, bytes]] = field(default_factory=dict)
     precommits: dict[tuple[int, str], dict[str, bytes]] = field(default_factory=dict)
     qc: AssignQC | None = None
+    heard: dict[str, int] = field(default_factory=dict)  # leader -> highest round it proposed in
 
 
 class AssignmentMachine:
@@ -151,7 +152,7 @@ class AssignmentMachine:
         job.round = max(job.round, first_round, job.lock.last_round, 0)
         out = self._enter_round(spec.job_id, job)
         out += self._resend_own_precommit(spec.job_id, job)
-        return out
+        return out + self._skip_rounds(spec.job_id, job)  # proposals heard before the job
 
     def on_job(self, spec: JobSpec, providers: Sequence[ProviderInfo], epoch: int) -> list[Output]:
         """A JobCreated event (``start_job`` from round 0)."""
@@ -189,6 +190,8 @@ class AssignmentMachine:
         out: list[Output] = []
         if proposal.justify is not None:
             out += self._learn_prepare(job_id, job, proposal.justify)
+        signer = proposal.prevote.signer
+        job.heard[signer] = max(job.heard.get(signer, -1), round_)
         known = job.proposals.get(round_)
         if known is not None:
             if known.provider != proposal.provider:
@@ -197,6 +200,7 @@ class AssignmentMachine:
         job.proposals[round_] = proposal
         if job.spec is None or job.qc is not None:
             return out
+        out += self._skip_rounds(job_id, job)
         if round_ == job.round + 1 and self._signable(job, proposal):
             # Our round timer runs a little behind the leader's: catch up one round.
             out += self._advance(job_id, job, round_)
@@ -289,6 +293,30 @@ class AssignmentMachine:
 
     def _leader(self, job_id: int, round_: int) -> str:
         return rules.get_leader(self.checkers, job_id, round_)
+
+    def _skip_rounds(self, job_id: int, job: JobState) -> list[Output]:
+        """Tendermint's round skip: leaders holding > 1/3 of stake proposed in rounds >= R,
+        so some honest checker is in round R already: move there (then one round more if
+        that round's stored proposal may be prevoted, as on arrival). Without it a checker
+        that fell behind (restarted, paused) stayed behind for good: round timeouts run at
+        the same pace everywhere once capped, and only a proposal for exactly the next
+        round pulled it forward; two such checkers of four left no quorum. Byzantine
+        leaders (< 1/3 of stake) cannot pull anyone past every honest checker's round."""
+        if job.spec is None or job.qc is not None:
+            return []
+        stake, target = 0, -1
+        for signer, heard in sorted(job.heard.items(), key=lambda kv: -kv[1]):
+            stake += self.checkers.stake_of(signer)
+            if 3 * stake > self.checkers.total_stake:
+                target = heard
+                break
+        if target <= job.round:
+            return []
+        out = self._advance(job_id, job, target)
+        following = job.proposals.get(job.round + 1)
+        if following is not None and self._signable(job, following):
+            out += self._advance(job_id, job, job.round + 1)
+        return out
 
     def _advance(self, job_id: int, job: JobState, round_: int) -> list[Output]:
         job.round = round_

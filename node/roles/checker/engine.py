@@ -18,7 +18,8 @@ engine carries out what the machine returns:
 - ``StartTimer``: a task in the engine's nursery calls ``on_timeout`` (or, for the
   leader's wait, ``on_propose_timeout``) later, after refreshing the job's provider
   view (``view(spec)``), so a job that arrived before any provider was verified is
-  proposed with what is known then.
+  proposed with what is known then. The view is refreshed before each proposal is
+  fed to the machine as well (a restarted checker started its jobs before any ad came).
 - ``Decided``: ``on_decided(qc)`` runs as a task (deploy + chain submission).
 - ``Slash``: ``on_slash(evidence)`` (if given).
 
@@ -252,6 +253,10 @@ class AssignmentEngine:
         """Any assignment message, from gossip or a direct stream (or a test)."""
         mach = self._route(msg.job_id, msg.round, msg)
         if mach is not None:
+            if isinstance(msg, Proposal):
+                # eligibility is judged on a fresh view: a checker restarted before any
+                # ad arrived started the job with none, and a proposal may move it rounds ahead
+                self._refresh_view(mach, msg.job_id)
             gossiped = isinstance(msg, AssignQC)  # gossip already floods a QC we received
             await self._carry(msg.job_id, mach.on_message(msg), qc_from_gossip=gossiped)
 
@@ -284,12 +289,15 @@ class AssignmentEngine:
         if self.jobs.get(job_id, (None,))[0] != attempt:
             return
         mach = self.machine(attempt)
-        job = mach.jobs.get(job_id)
-        if job is not None and job.spec is not None and self.view is not None:
-            providers, epoch = self.view(job.spec)
-            mach.refresh_view(job_id, providers, epoch)
+        self._refresh_view(mach, job_id)
         fire = mach.on_propose_timeout if propose else mach.on_timeout
         await self._carry(job_id, fire(job_id, round_))
+
+    def _refresh_view(self, mach: AssignmentMachine, job_id: int) -> None:
+        job = mach.jobs.get(job_id)
+        if job is not None and job.spec is not None and job.qc is None and self.view is not None:
+            providers, epoch = self.view(job.spec)
+            mach.refresh_view(job_id, providers, epoch)
 
     def forget(self, job_id: int) -> None:
         """The job is settled on chain (assigned, closed, refunded): bound memory."""

@@ -7,7 +7,9 @@ assignment engine (votes and locks in ``data_dir``), subscribes to ``ads/1``,
 
 - chain events (``JobCreated``, ``JobReassigned``, ``JobAssigned``, ``JobClosed``):
   every open job goes to the engine (attempt = the job's failure count, first round =
-  its round on chain), so a restarted checker picks up where the chain is;
+  its round on chain), so a restarted checker picks up where the chain is; Rewards'
+  ``Certified`` (a PASS certificate on chain) gives PoPW standing, so a restarted
+  checker finds providers eligible at once, not after the next epoch's PoPW;
 - PoPW: each epoch, challenge every fresh provider whose committee holds this checker
   (``/kaisar/popw/1``, ``run_challenge``), sign + store + gossip the attestation, form the
   PoPW QC from the committee's attestations and submit PASS certificates to Rewards;
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from eth_utils import keccak, to_canonical_address
+from eth_utils import keccak, to_canonical_address, to_checksum_address
 from libp2p.peer.id import ID
 
 from node import metrics, trace, wire
@@ -252,8 +254,10 @@ class CheckerService:
             else:
                 await self.host.subscribe("status/1", self._on_status)
                 self._status_subscribed = True
+            # Rewards too: its Certified events restore PoPW standing after a restart
             watcher = EventWatcher(
-                self.chain.client, [self.chain.escrow], from_block=self.chain.deployment.block,
+                self.chain.client, [self.chain.escrow, self.chain.rewards],
+                from_block=self.chain.deployment.block,
                 poll_interval=self.settings.chain_poll,
             )  # fmt: skip
             self._watcher = watcher
@@ -379,6 +383,14 @@ class CheckerService:
         elif ev.name == "JobClosed":
             self.assigned.pop(job_id, None)
             self.engine.forget(job_id)
+        elif ev.name == "Certified":
+            # A PASS certificate credited on chain (>= 2/3 of stake signed it): standing
+            # lives only in memory, so without this a restarted checker saw no provider
+            # eligible until the next epoch's PoPW QC (a minute), could not prevote any
+            # proposal, and with one more checker down no job could be assigned.
+            provider = to_checksum_address(ev.args["provider"])
+            epoch = int(ev.args["epoch"])
+            self.standing[provider] = max(self.standing.get(provider, epoch), epoch)
 
     def _fresh(self, ev: Any) -> bool:
         """Is ``ev`` from the newest blocks the (caught-up) watcher has read?"""
