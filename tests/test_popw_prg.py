@@ -225,6 +225,45 @@ def test_single_threaded_blas_gives_the_same_products():
             assert setter(1) == 1
 
 
+def test_overlapping_single_threaded_blocks_restore_the_process_count():
+    """Two threads inside the block at once (the prover's row bands), leaving in the order
+    they came in: the BLAS thread count afterwards is the one from before. numpy's bundled
+    OpenBLAS setter is process-wide, so restoring each thread's own "previous" left the
+    process on one BLAS thread (the second thread's previous was the first one's 1)."""
+    import threading
+
+    from node.popw.blas import local_setter, single_threaded_blas
+
+    setter = local_setter()
+    if setter is None:
+        pytest.skip("this BLAS has no openblas_set_num_threads_local")
+    before = setter(3)  # a count no block uses, to see exactly what is restored
+    try:
+        a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+        def a() -> None:
+            with single_threaded_blas():
+                a_in.set()
+                b_in.wait(5)
+            a_out.set()
+
+        def b() -> None:
+            a_in.wait(5)
+            with single_threaded_blas():
+                b_in.set()
+                a_out.wait(5)
+
+        threads = [threading.Thread(target=f) for f in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert a_out.is_set() and b_in.is_set()
+        assert setter(3) == 3  # back to the count from before, not stuck at 1
+    finally:
+        setter(before)
+
+
 @pytest.mark.parametrize("n", [16, 128, 256])
 def test_streamed_b_product_equals_the_whole_matrix_product(n):
     # the checker streams B through the cache in blocks (verifier.streamed_product)
