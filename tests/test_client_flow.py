@@ -43,14 +43,7 @@ async def client_world(world, container_runtime, tmp_path):
     """A provider (key providers[0]) running ProviderService and the owner's Client."""
     async with start_network(2, identities=[world.providers[0], world.owner]) as (phost, chost):
         async with trio.open_nursery() as nursery:
-            svc = ProviderService(
-                phost,
-                SETTINGS,
-                tmp_path / "p.sqlite",
-                chain=world.kc,
-                runtime=container_runtime,
-                inventory=Inventory(cpu="test", cpu_count=2),
-            )
+            svc = provider_service(world, phost, container_runtime, tmp_path / "p.sqlite")
             await nursery.start(svc.run)
             client = Client(world.owner, chost, world.kc, ad_wait=10.0, poll_interval=0.2)
             await client.start()
@@ -58,13 +51,21 @@ async def client_world(world, container_runtime, tmp_path):
             nursery.cancel_scope.cancel()
 
 
-async def certify(world, client: Client, job_id: int, provider_peer) -> None:
-    """What the checker quorum does: QC on chain, then the deploy command to the provider."""
+def provider_service(world, host, runtime, db) -> ProviderService:
+    """ProviderService for ``host`` (key providers[i]) with the test settings."""
+    return ProviderService(
+        host, SETTINGS, db, chain=world.kc, runtime=runtime, inventory=Inventory(cpu="test", cpu_count=2)
+    )
+
+
+async def certify(world, host, job_id: int, provider_peer) -> None:
+    """What the checker quorum does: QC on chain, then the deploy command to the provider
+    (sent from ``host``)."""
     provider = world.providers[0].address
     sigs = world.assign_sigs(job_id, 0, provider, world.checkers[:2])
     await world.kc.assign(world.outsider, job_id, 0, provider, sigs)
     frame = {"t": "deploy", "job_id": job_id, "round": 0, "provider": provider, "sigs": sigs}
-    reply = await pclient.send_deploy(client.host, provider_peer, frame)
+    reply = await pclient.send_deploy(host, provider_peer, frame)
     assert reply["t"] == "deployed", reply
 
 
@@ -106,7 +107,7 @@ async def test_buy_wait_connect_logs_close(world, container_runtime, tmp_path):
             with trio.fail_after(10):
                 while "waiting for assignment" not in lines:
                     await trio.sleep(0.05)
-            await certify(world, client, job, svc.host.peer_id)
+            await certify(world, client.host, job, svc.host.peer_id)
         assert lines[0] == "waiting for assignment" and lines[-1] == "deployed"
         assert any(line.startswith("assigned to 0x") and line.endswith("round 0") for line in lines)
 
@@ -170,32 +171,18 @@ async def test_connect_follows_the_job_to_a_new_provider(
 
                 async def run0(task_status=trio.TASK_STATUS_IGNORED) -> None:
                     with scope0:
-                        svc = ProviderService(
-                            h0,
-                            SETTINGS,
-                            tmp_path / "p0.sqlite",
-                            chain=world.kc,
-                            runtime=container_runtime,
-                            inventory=Inventory(cpu="t", cpu_count=2),
-                        )
+                        svc = provider_service(world, h0, container_runtime, tmp_path / "p0.sqlite")
                         await svc.run(task_status=task_status)
 
                 await nursery.start(run0)
-                svc1 = ProviderService(
-                    h1,
-                    SETTINGS,
-                    tmp_path / "p1.sqlite",
-                    chain=world.kc,
-                    runtime=runtime1,
-                    inventory=Inventory(cpu="t", cpu_count=2),
-                )
+                svc1 = provider_service(world, h1, runtime1, tmp_path / "p1.sqlite")
                 await nursery.start(svc1.run)
                 client = Client(world.owner, chost, world.kc, ad_wait=10.0, poll_interval=0.2)
                 await client.start()
                 job = await client.buy("cpu", 1, DEMO_HTTP_IMAGE, DEMO_HTTP_PORT, hours=1)
                 for h in (h0, h1):  # the test plays the checkers from the client's host
                     await chost.connect(h.addrs()[0])
-                await certify(world, client, job, h0.peer_id)
+                await certify(world, client.host, job, h0.peer_id)
                 fwd = Forwarder(client, job, recheck=0.2)
                 port = await nursery.start(fwd.serve, 0)
                 assert b"query=before" in await http_get(port, "/cgi-bin/echo?before")
@@ -233,7 +220,7 @@ async def test_wait_learns_deployment_from_gossip_and_connect_reuses_it(
         svc.host.host.remove_stream_handler(STATUS_PROTOCOL)
         client.host.host.remove_stream_handler(NOTIFY_PROTOCOL)  # no push either
         job = await client.buy("cpu", 1, DEMO_HTTP_IMAGE, DEMO_HTTP_PORT, hours=1)
-        await certify(world, client, job, svc.host.peer_id)
+        await certify(world, client.host, job, svc.host.peer_id)
         dep = await client.wait_deployed(job, timeout=30)
         assert dep.provider == world.providers[0].address and dep.state in ("deployed", "running")
         assert len(dep.qc_signers) == 2  # the chain's QC, checked here
@@ -263,19 +250,13 @@ async def test_connect_dials_a_provider_known_only_from_gossip(world, container_
         opts = HostOptions(bootstrap=[middle.addrs()[0]], gossip=FAST_GOSSIP, dht=False)
         async with open_host(world.owner, network=DEVNET_NETWORK, domain=DEVNET_DOMAIN, options=opts) as chost:
             async with trio.open_nursery() as nursery:
-                svc = ProviderService(
-                    phost, SETTINGS, tmp_path / "p.sqlite", chain=world.kc,
-                    runtime=container_runtime, inventory=Inventory(cpu="test", cpu_count=2),
-                )  # fmt: skip
+                svc = provider_service(world, phost, container_runtime, tmp_path / "p.sqlite")
                 await nursery.start(svc.run)
                 client = Client(world.owner, chost, world.kc, ad_wait=10.0, poll_interval=0.2)
                 await client.start()
                 job = await client.buy("cpu", 1, DEMO_HTTP_IMAGE, DEMO_HTTP_PORT, hours=1)
-                provider = world.providers[0].address
-                sigs = world.assign_sigs(job, 0, provider, world.checkers[:2])
-                await world.kc.assign(world.outsider, job, 0, provider, sigs)
-                frame = {"t": "deploy", "job_id": job, "round": 0, "provider": provider, "sigs": sigs}
-                assert (await pclient.send_deploy(middle, phost.peer_id, frame))["t"] == "deployed"
+                # the deploy comes from the middle: the owner's host never meets the provider
+                await certify(world, middle, job, phost.peer_id)
                 await client.wait_deployed(job, timeout=30)
                 assert phost.peer_id not in chost.connected_peers()  # verified from gossip alone
                 port = await nursery.start(client.connect, job, 0)
@@ -293,10 +274,7 @@ async def test_provider_pushes_the_deployment_to_the_waiting_owner(world, contai
 
     async with start_network(2, identities=[world.providers[0], world.owner]) as (phost, chost):
         async with trio.open_nursery() as nursery:
-            svc = ProviderService(
-                phost, SETTINGS, tmp_path / "p.sqlite", chain=world.kc,
-                runtime=container_runtime, inventory=Inventory(cpu="test", cpu_count=2),
-            )  # fmt: skip
+            svc = provider_service(world, phost, container_runtime, tmp_path / "p.sqlite")
             await nursery.start(svc.run)
             phost.host.remove_stream_handler(STATUS_PROTOCOL)
             client = Client(world.owner, chost, world.kc, poll_interval=60.0)
@@ -313,7 +291,7 @@ async def test_provider_pushes_the_deployment_to_the_waiting_owner(world, contai
 
                 n.start_soon(wait)
                 await trio.sleep(0.2)
-                await certify(world, client, job, phost.peer_id)
+                await certify(world, client.host, job, phost.peer_id)
             dep = got[0]
             assert dep.provider == world.providers[0].address and dep.state == "deployed"
             assert svc.owner_notified == 1
