@@ -9,6 +9,7 @@ tensor cores with fp32 accumulation), and the centred reduction is exact.
 
 from __future__ import annotations
 
+import glob
 import importlib
 import os
 import platform
@@ -340,8 +341,18 @@ def _optional(module: str) -> Any | None:
         return None
 
 
+def cuda_device_present() -> bool:
+    """A CUDA device node exists (Linux ``/dev/nvidia<N>``, WSL2 ``/dev/dxg``). Checked
+    before torch or cupy is imported: importing torch costs ~1-2 s and ~300 MB in every
+    node process, for nothing on a machine without a GPU."""
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/dxg")
+
+
 def best_backend() -> Backend:
-    """torch on CUDA, else cupy on CUDA, else numpy."""
+    """torch on CUDA, else cupy on CUDA, else numpy (without importing either when no
+    CUDA device node exists)."""
+    if not cuda_device_present():
+        return NumpyBackend()
     torch = _optional("torch")
     try:
         if torch is not None and torch.cuda.is_available():
