@@ -432,13 +432,21 @@ class KaisarHost:
     @asynccontextmanager
     async def open_stream(self, peer_id: ID, protocol: str) -> AsyncIterator[FramedStream]:
         await self.ensure_connected(peer_id)
-        with trio.move_on_after(STREAM_OPEN_TIMEOUT) as scope:
-            try:
-                stream = await self.host.new_stream(peer_id, [TProtocol(protocol)])
-            except Exception as exc:
-                raise P2PError(f"cannot open {protocol} to {peer_id}: {exc}") from None
-        if scope.cancelled_caught:
-            raise P2PError(f"timed out opening {protocol} to {peer_id}")
+        for attempt in range(2):
+            with trio.move_on_after(STREAM_OPEN_TIMEOUT) as scope:
+                try:
+                    stream = await self.host.new_stream(peer_id, [TProtocol(protocol)])
+                except Exception as exc:
+                    # A connection whose muxer died stays selectable until its own accept
+                    # loop runs (adapter workaround 18): drop it, dial again, once.
+                    if attempt == 0 and await adapter.drop_dead_connections(self.host, peer_id):
+                        log.info("event=dead_connection_dropped peer=%s", peer_id)
+                        await self.ensure_connected(peer_id)
+                        continue
+                    raise P2PError(f"cannot open {protocol} to {peer_id}: {exc}") from None
+            if scope.cancelled_caught:
+                raise P2PError(f"timed out opening {protocol} to {peer_id}")
+            break
         framed = FramedStream(stream)
         try:
             yield framed
