@@ -198,3 +198,14 @@ async def test_stream_opens_over_a_fresh_connection_when_the_muxer_died(net3):
 
             conn.new_stream = failing_new_stream
         assert await b.request(a.peer_id, "/kaisar/test-echo/1", 4) == {"echo": 4}
+    # ... and one yamux still calls established after a write to it failed (seen: still
+    # so 290 ms later, both tunnel attempts failed on it)
+    from libp2p.stream_muxer.exceptions import MuxedStreamError
+
+    for conn in b.host.get_network().get_connections(a.peer_id):
+
+        async def syn_fails(conn=conn):
+            raise MuxedStreamError("Failed to send SYN: [Errno 32] Broken pipe (test)")
+
+        conn.new_stream = syn_fails
+    assert await b.request(a.peer_id, "/kaisar/test-echo/1", 5) == {"echo": 5}

@@ -117,7 +117,8 @@ covered by a test in tests/test_p2p_adapter.py that fails without it.
    ``KaisarHost.open_stream``, when a stream cannot be opened, closes the peer's
    connections whose muxer is no longer established (``drop_dead_connections``; looked
    at again 0.1 s later, since a connection that just broke shows it only once its
-   reader ran), dials again and retries once (test: tests/test_p2p_host.py,
+   reader ran), or all of them when the error says a write failed (yamux keeps such a
+   connection "established": seen 290 ms later still), dials again and retries once (test: tests/test_p2p_host.py,
    ``test_stream_opens_over_a_fresh_connection_when_the_muxer_died``).
 """
 
@@ -246,14 +247,29 @@ def _muxer_alive(conn) -> bool:
     return bool(established() if callable(established) else established)
 
 
-async def drop_dead_connections(host, peer_id) -> bool:
-    """18: close ``peer_id``'s connections whose muxer shut down. True if it closed
-    any, or if no live connection to the peer is left (all of them closing, or gone):
-    either way another attempt, over a fresh dial where needed, can help."""
+def write_failed(exc: BaseException | None) -> bool:
+    """18: does this stream-open error say a frame could not be written to the
+    connection (yamux "Failed to send SYN", multistream "write failed")? The transport
+    is broken then, although yamux still reports the connection established."""
+    for _ in range(8):  # the cause chain: SwarmException <- MuxedStreamError <- OSError
+        if exc is None:
+            return False
+        text = str(exc)
+        if "Failed to send SYN" in text or "write failed" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+async def drop_dead_connections(host, peer_id, *, broken: bool = False) -> bool:
+    """18: close ``peer_id``'s connections whose muxer shut down (all of them when
+    ``broken``: a write to them failed). True if it closed any, or if no live
+    connection to the peer is left (all of them closing, or gone): either way another
+    attempt, over a fresh dial where needed, can help."""
     import trio
 
     conns = host.get_network().get_connections(peer_id)
-    dead = [c for c in conns if not _muxer_alive(c)]
+    dead = list(conns) if broken else [c for c in conns if not _muxer_alive(c)]
     closing = [c for c in dead if not getattr(c, "is_closed", False)]
     for conn in closing:
         with trio.move_on_after(CLOSE_DEAD_TIMEOUT):

@@ -302,11 +302,13 @@ class KaisarHost:
     def connected_peers(self) -> list[ID]:
         return list(self.host.get_connected_peers())
 
-    async def _heal(self, peer_id: ID) -> bool:
+    async def _heal(self, peer_id: ID, exc: BaseException) -> bool:
         """After a stream could not be opened: drop the peer's dead connections and dial
         again (adapter workaround 18). A connection that just broke is marked dead only
-        once its reader task has run, so look again after HEAL_SETTLE. True if it did."""
-        dead = await adapter.drop_dead_connections(self.host, peer_id)
+        once its reader task has run, so look again after HEAL_SETTLE; one a write
+        failed on is broken whatever yamux says. True if it did."""
+        broken = adapter.write_failed(exc)
+        dead = await adapter.drop_dead_connections(self.host, peer_id, broken=broken)
         if not dead:
             await trio.sleep(HEAL_SETTLE)
             dead = await adapter.drop_dead_connections(self.host, peer_id)
@@ -465,7 +467,7 @@ class KaisarHost:
                 except Exception as exc:
                     # A connection whose muxer died stays selectable until its own accept
                     # loop runs (adapter workaround 18): drop it, dial again, once.
-                    if attempt == 0 and await self._heal(peer_id):
+                    if attempt == 0 and await self._heal(peer_id, exc):
                         continue
                     raise P2PError(f"cannot open {protocol} to {peer_id}: {exc}") from None
             if scope.cancelled_caught:
