@@ -35,6 +35,7 @@ import logging
 import random
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -406,6 +407,38 @@ class Soak:
         mismatch += abs(balance - held - credited)
         return mismatch, paid
 
+    def unassigned_reasons(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Why jobs refunded unassigned (EXPIRED) never got a provider, from the checkers'
+        ``event=job_unassigned`` lines (rounds without a QC per reason, docs/CHECKER.md):
+        jobs by the reason most of their rounds had (summed over checkers), and rounds
+        per reason over all those jobs. "unknown": no checker logged the job (e.g. every
+        one restarted meanwhile)."""
+        want = {t.job_id for t in self.tracks.values() if t.final == "expired"}
+        per_job: dict[int, Counter[str]] = {}
+        for c in self.net.checkers:
+            for line in c.log_text().splitlines():
+                if "event=job_unassigned " not in line:
+                    continue
+                fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+                try:
+                    job = int(fields.get("job", ""))
+                except ValueError:
+                    continue
+                if job not in want:
+                    continue
+                tally = per_job.setdefault(job, Counter())
+                for item in fields.get("reasons", "").split(","):
+                    reason, _, n = item.partition(":")
+                    if n.isdigit():
+                        tally[reason] += int(n)
+        jobs: Counter[str] = Counter()
+        rounds: Counter[str] = Counter()
+        for j in want:
+            found = per_job.get(j)
+            jobs[found.most_common(1)[0][0] if found else "unknown"] += 1
+            rounds.update(found or {})
+        return dict(jobs), dict(rounds)
+
     async def report(self, started: float) -> dict[str, Any]:
         mismatch, paid = await self.escrow_mismatch()
         counts = {"served": 0, "reassigned": 0, "refunded": 0, "lost": 0}
@@ -421,6 +454,7 @@ class Soak:
         for f in self.faults:
             kinds[f.kind] = kinds.get(f.kind, 0) + 1
         reassign = [s for t in self.tracks.values() for s in t.reassign_s]
+        why_jobs, why_rounds = self.unassigned_reasons()
         return {
             "seed": self.s.seed,
             "minutes": self.s.minutes,
@@ -435,6 +469,8 @@ class Soak:
                 t.final == "failed" and 0 < t.failures <= MAX_REASSIGNMENTS
                 for t in self.tracks.values()
             ),
+            "unassigned_reasons": why_jobs,  # refunded_unassigned jobs by main reason
+            "unassigned_rounds": why_rounds,  # their rounds without a QC, by reason
             "double_assigned": len(self.double),
             "max_reassign_s": round(max(reassign), 1) if reassign else 0.0,
             "escrow_mismatch_wei": mismatch,
