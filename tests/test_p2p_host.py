@@ -153,3 +153,29 @@ async def test_bad_connect_addresses_raise_p2p_error(net3):
     for bad in ["not a multiaddr", "/ip4/127.0.0.1/tcp/1", "/ip4/127.0.0.1/tcp/1/p2p/" + Identity.generate().peer_id.to_base58()]:
         with pytest.raises(P2PError):
             await a.connect(bad)
+
+
+async def test_a_closed_host_closes_its_connections():
+    """docs/SOAK.md bug 3: a host closed inside a process that lives on left its TCP
+    connections open, so its peers kept the old connection (and pubsub stream) and a new
+    host with the same key heard no gossip. Closing the host now closes them: the peer
+    sees the disconnect, and a new host with the key is heard again."""
+    ids = [Identity.generate() for _ in range(2)]
+    async with open_host(ids[0], network="close", domain=DEVNET_DOMAIN) as a:
+        async with open_host(ids[1], network="close", domain=DEVNET_DOMAIN) as b:
+            await b.connect(a.addrs()[0])
+            await wait_until(lambda: b.peer_id in a.connected_peers())
+        await wait_until(lambda: b.peer_id not in a.connected_peers(), timeout=10)
+        got = []
+
+        async def handler(env, peer):
+            got.append(env)
+
+        await a.subscribe("status/1", handler)
+        async with open_host(ids[1], network="close", domain=DEVNET_DOMAIN) as b2:
+            await b2.subscribe("status/1", lambda env, peer: trio.sleep(0))
+            await b2.connect(a.addrs()[0])
+            await wait_for_mesh([a, b2], "status/1")
+            await b2.publish("status/1", heartbeat(b2))
+            await wait_until(lambda: got, timeout=10)
+        assert got[0].signer == b2.address

@@ -107,6 +107,13 @@ covered by a test in tests/test_p2p_adapter.py that fails without it.
    parameters, which we do not set: our validators reject bad messages instead), backs
    off from the peers it prunes, and builds each peer's control message from that
    peer's own entries.
+18. Host teardown leaves connections open (not a patch: ``KaisarHost._close_connections``,
+   tested in tests/test_p2p_host.py). Leaving ``BasicHost.run()`` cancels the swarm's
+   tasks but never closes its connections' sockets, so in a process that lives on
+   (a client or test host closed in place) peers kept the old connection and its
+   pubsub stream, and a new host with the same key heard no gossip (docs/SOAK.md,
+   bug 3). The host closes every connection (``Swarm.close_peer``) before the swarm
+   stops, shielded and bounded by ``CLOSE_TIMEOUT``.
 """
 
 from __future__ import annotations

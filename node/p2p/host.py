@@ -51,6 +51,7 @@ log = logging.getLogger("kaisar.p2p")
 GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
 DIAL_TIMEOUT = 10.0
 STREAM_OPEN_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 2.0  # closing a stopping host's connections gives up after this
 
 # Gossip topics and the message types each may carry. Later issues add types here.
 TOPIC_TYPES: dict[str, set[str]] = {
@@ -172,25 +173,45 @@ class KaisarHost:
     async def _serving(self) -> AsyncIterator[KaisarHost]:
         listen = [multiaddr.Multiaddr(a) for a in self.options.listen]
         async with self.host.run(listen_addrs=listen):
-            if not self.host.get_addrs():
-                raise P2PError(f"not listening on {', '.join(self.options.listen)}")
-            async with (
-                background_trio_service(self.pubsub),
-                background_trio_service(self.gossipsub),
-            ):
-                await self.pubsub.wait_until_ready()
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    if self.options.dht:
-                        self.dht = KadDHT(self.host, DHTMode.SERVER)
-                        nursery.start_soon(self._run_dht)
-                    for addr in self.options.bootstrap:
-                        nursery.start_soon(self._dial_bootstrap, addr)
-                    nursery.start_soon(self._repair_pubsub_peers)
-                    try:
-                        yield self
-                    finally:
-                        nursery.cancel_scope.cancel()
+            try:
+                if not self.host.get_addrs():
+                    raise P2PError(f"not listening on {', '.join(self.options.listen)}")
+                async with (
+                    background_trio_service(self.pubsub),
+                    background_trio_service(self.gossipsub),
+                ):
+                    await self.pubsub.wait_until_ready()
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
+                        if self.options.dht:
+                            self.dht = KadDHT(self.host, DHTMode.SERVER)
+                            nursery.start_soon(self._run_dht)
+                        for addr in self.options.bootstrap:
+                            nursery.start_soon(self._dial_bootstrap, addr)
+                        nursery.start_soon(self._repair_pubsub_peers)
+                        try:
+                            yield self
+                        finally:
+                            nursery.cancel_scope.cancel()
+            finally:
+                await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        """Close every connection before the swarm stops (adapter.py item 18).
+
+        py-libp2p's ``host.run()`` only cancels the swarm's tasks on exit: the sockets of
+        live connections stayed open in a process that lives on (a client or test host
+        closed in place), so peers kept the old connection and its pubsub stream, and a
+        new host with the same key was never heard (docs/SOAK.md, bug 3). Shielded and
+        bounded: it runs while the host is being cancelled, and a stuck close must not
+        hold the teardown."""
+        network = self.host.get_network()
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
+            for peer in list(network.connections):
+                try:
+                    await network.close_peer(peer)
+                except Exception as exc:  # already reset by the peer
+                    log.debug("event=close_peer_failed peer=%s err=%s", peer, exc)
 
     async def _run_dht(self) -> None:
         assert self.dht is not None
