@@ -290,16 +290,22 @@ def test_fail_reverts(world):
         h.tx(world.outsider, E.functions.fail(job_id, 0, p0, assign_sigs))
 
 
-def test_fail_after_end_refunds_nothing_left(world):
+def test_fail_after_end_is_refused_the_job_ran_its_course(world):
+    """A failure certificate that lands after the paid time is over has nothing left to
+    reassign or refund: it reverts, and the job ends DONE (the provider paid to the end,
+    which is what a FAILED ending would have paid it). Before, such a job was relabelled
+    FAILED with a zero refund (soak: a served job's provider killed in its last seconds)."""
     E, h = world.escrow, world.h
     p0 = world.providers[0].address
     job_id = world.create_job(duration=10)
     world.assign(job_id, 0, p0)
     world.chain.increase_time(50)
     sigs = world.failure_sigs(job_id, 0, p0, world.checkers[:2])
-    r = h.tx(world.outsider, E.functions.fail(job_id, 0, p0, sigs))
+    with reverts("job already ended"):
+        h.tx(world.outsider, E.functions.fail(job_id, 0, p0, sigs))
+    r = h.tx(world.outsider, E.functions.expire(job_id))
     ev = E.events.JobClosed().process_receipt(r, errors=DISCARD)[0]["args"]
-    assert (ev["state"], ev["provider_paid"], ev["refund"]) == (5, 10 * PRICE, 0)
+    assert (ev["state"], ev["provider_paid"], ev["refund"]) == (4, 10 * PRICE, 0)
 
 
 def test_expire_open_and_done(world):

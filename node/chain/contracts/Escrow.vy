@@ -293,6 +293,9 @@ def fail(
     # Verify the certificate is about the current assignment
     assert job.state == ASSIGNED, "job not running"
     assert round == job.round and provider == job.provider, "not the current assignment"
+    # Verify paid time is left: after its end the job ran its course (``expire``: DONE,
+    # the provider paid to the end, as a failure would pay it), nothing to reassign or refund
+    assert block.timestamp < job.started + job.remaining, "job already ended"
     # Verify >= 2/3 of active checker stake certified the failure
     signers: DynArray[address, MAX_CHECKERS] = staticcall Staking(STAKING).quorum_signers(
         keccak256(abi_encode(FAILURE_VOTE_TYPE_HASH, job_id, round, provider)), sigs

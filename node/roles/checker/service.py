@@ -526,6 +526,8 @@ class CheckerService:
         job = await self.chain.get_job(job_id)
         if job.state != JOB_ASSIGNED or job.round != round_ or job.provider != provider:
             return  # the contract only takes the current assignment
+        if self.clock() >= job.started + job.remaining:
+            return  # its paid time is over: it ran its course (Escrow.fail refuses it now)
         if (job_id, round_) in self._signed_failure:
             return
         self._signed_failure.add((job_id, round_))
