@@ -13,6 +13,15 @@ if [ -x scripts/dockerd.sh ]; then
   [ -x scripts/build-images.sh ] && scripts/build-images.sh || true
 fi
 if [ -x scripts/install-anvil.sh ]; then scripts/install-anvil.sh || echo "test: anvil unavailable" >&2; fi
+# PoPW's torch backend is checked against numpy on the CPU when torch is installed. A CPU
+# build of torch is only installed from a local wheel (pip's find-links, e.g. /opt/wheels):
+# from PyPI, torch is a CUDA build of several GB.
+for whl in /opt/wheels/torch-*+cpu-cp311-*.whl; do
+  if [ -f "$whl" ] && ! .venv/bin/python -c 'import torch' 2>/dev/null; then
+    .venv/bin/python -m pip install -q "$whl" || echo "test: torch (CPU) unavailable" >&2
+  fi
+  break
+done
 ruff check node cli.py tests
 mypy node cli.py
 set +e

@@ -35,11 +35,20 @@ def fake_cupy(count):
 def choose(monkeypatch, torch=None, cupy=None):
     mods = {"torch": torch, "cupy": cupy}
     monkeypatch.setattr(backends, "_optional", lambda name: mods[name])
+    monkeypatch.setattr(backends, "cuda_device_present", lambda: True)
     return backends.best_backend()
 
 
 def test_numpy_without_gpu_stacks(monkeypatch):
     assert choose(monkeypatch).name == "numpy"
+
+
+def test_no_cuda_device_node_means_numpy_without_importing_gpu_stacks(monkeypatch):
+    imported = []
+    monkeypatch.setattr(backends, "_optional", lambda name: imported.append(name))
+    monkeypatch.setattr(backends, "cuda_device_present", lambda: False)
+    assert backends.best_backend().name == "numpy"
+    assert imported == []
 
 
 def test_torch_on_cuda_first_with_tf32(monkeypatch):

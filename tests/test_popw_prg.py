@@ -12,7 +12,7 @@ from node.popw.challenge import (
     MODULUS,
     Challenge,
     PopwError,
-    centred_reduce,
+    advance,
     new_challenge,
     validate_challenge,
 )
@@ -84,7 +84,7 @@ def int64_chain(seed: bytes, n: int, rounds: int) -> list[np.ndarray]:
     b = prg.matrix(seed, b"B", n).astype(np.int64)
     out = []
     for _ in range(rounds):
-        c = c @ b
+        c = (c * c) @ b
         c = (c + MODULUS // 2) % MODULUS - MODULUS // 2
         out.append(c.astype(np.int8))
     return out
@@ -133,7 +133,7 @@ def reference_roots(ch):
     c = prg.matrix(ch.seed, b"A", ch.n)
     roots = []
     for step in range(1, ch.rounds + 1):
-        c = centred_reduce(c @ b)
+        c = advance(c, b)
         if step % ch.stride == 0:
             rows = c.astype(np.int8)
             leaves = [merkle.hash_leaf(rows[j].tobytes()) for j in range(ch.n)]

@@ -1,6 +1,6 @@
 """Compute backends for the prover chain: numpy (always), torch / cupy when CUDA is present.
 
-A backend computes ``C_i = reduce(C_{i-1} @ B)`` and writes each committed step as int8
+A backend computes ``C_i = reduce(square(C_{i-1}) @ B)`` and writes each committed step as int8
 rows into host storage in leaf layout (``merkle.leaf_storage``), then calls back (the
 prover hashes it). All backends give bit-identical
 results: inputs are small integers, products accumulate exactly in fp32 (or TF32
@@ -9,6 +9,7 @@ tensor cores with fp32 accumulation), and the centred reduction is exact.
 
 from __future__ import annotations
 
+import glob
 import importlib
 import os
 import platform
@@ -52,7 +53,8 @@ class Backend(Protocol):
 
 
 def _reduce_blocked(c: np.ndarray, tmp: np.ndarray, out_i8: np.ndarray | None) -> None:
-    """In place ``c -= P * rint(c / P)`` by row blocks; optionally also write int8 rows."""
+    """In place ``c -= P * rint(c / P)`` by row blocks, optionally writing those reduced
+    int8 rows (a committed step), then ``c *= c``: the next product's input (``square``)."""
     n = c.shape[1]
     block = max(1, REDUCE_BLOCK_BYTES // (4 * n))
     inv = np.float32(1.0 / MODULUS)
@@ -64,6 +66,7 @@ def _reduce_blocked(c: np.ndarray, tmp: np.ndarray, out_i8: np.ndarray | None) -
         np.subtract(cb, tb, out=cb)
         if out_i8 is not None:
             np.copyto(out_i8[r0 : r0 + block], cb, casting="unsafe")
+        np.multiply(cb, cb, out=cb)  # while the block is in cache
 
 
 def split_in_two(fn: Callable[[int, int], Any], rows: int, pool: ThreadPoolExecutor) -> None:
@@ -94,7 +97,8 @@ def _band_chain(
     rows_out: np.ndarray,
     on_rows: Callable[[int], None],
 ) -> None:
-    """The chain of one row band: product, reduction, int8 rows, callback, per step."""
+    """The chain of one row band: product, reduction, int8 rows, square, callback, per
+    step. ``cur`` holds the band's first input already squared (``run_chain``)."""
     matmul = np.matmul
     for step in range(1, rounds + 1):
         matmul(cur, b, out=nxt)
@@ -164,6 +168,7 @@ class NumpyBackend:
         on_rows: StepCallback,
     ) -> None:
         cur = prg.matrix(seed, b"A", n)
+        np.multiply(cur, cur, out=cur)  # square(A): the first product's input
         b = prg.matrix(seed, b"B", n)
         nxt, tmp = self._workspace(n)
         bands = self.bands(n)
@@ -237,7 +242,7 @@ class TorchBackend:
         self.torch = torch
         self.dev = torch.device(device)
         if self.dev.type == "cuda":
-            # TF32 tensor cores: inputs in [-2, 2] are exact in TF32, accumulation is fp32.
+            # TF32 tensor cores: inputs in [-2, 4] are exact in TF32, accumulation is fp32.
             torch.backends.cuda.matmul.allow_tf32 = True
             self.device = torch.cuda.get_device_name(self.dev)
         else:
@@ -260,7 +265,7 @@ class TorchBackend:
         cur = t.from_numpy(prg.matrix(seed, b"A", n)).to(self.dev)
         b = t.from_numpy(prg.matrix(seed, b"B", n)).to(self.dev)
         for step in range(1, rounds + 1):
-            nxt = cur @ b
+            nxt = cur.mul(cur) @ b  # square(C_{i-1}) @ B
             q = t.round(nxt * (1.0 / MODULUS))  # round half to even, like numpy rint
             nxt.sub_(q.mul_(MODULUS))
             cur = nxt
@@ -307,7 +312,7 @@ class CupyBackend:
         cur = cp.asarray(prg.matrix(seed, b"A", n))
         b = cp.asarray(prg.matrix(seed, b"B", n))
         for step in range(1, rounds + 1):
-            nxt = cur @ b
+            nxt = (cur * cur) @ b  # square(C_{i-1}) @ B
             nxt -= MODULUS * cp.rint(nxt * np.float32(1.0 / MODULUS))
             cur = nxt
             c, r = divmod(step, stride)
@@ -336,8 +341,18 @@ def _optional(module: str) -> Any | None:
         return None
 
 
+def cuda_device_present() -> bool:
+    """A CUDA device node exists (Linux ``/dev/nvidia<N>``, WSL2 ``/dev/dxg``). Checked
+    before torch or cupy is imported: importing torch costs ~1-2 s and ~300 MB in every
+    node process, for nothing on a machine without a GPU."""
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/dxg")
+
+
 def best_backend() -> Backend:
-    """torch on CUDA, else cupy on CUDA, else numpy."""
+    """torch on CUDA, else cupy on CUDA, else numpy (without importing either when no
+    CUDA device node exists)."""
+    if not cuda_device_present():
+        return NumpyBackend()
     torch = _optional("torch")
     try:
         if torch is not None and torch.cuda.is_available():

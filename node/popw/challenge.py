@@ -1,8 +1,15 @@
 """PoPW constants, the challenge, and the rules both sides share (pure functions).
 
-A challenge asks for the chain ``C_0 = A``, ``C_i = reduce(C_{i-1} @ B)`` for
-``i = 1..rounds`` with A, B from ``prg``; the prover commits to every ``stride``-th
-step (``stride = 1`` on CPU classes: every step, as in DESIGN.md section 6).
+A challenge asks for the chain ``C_0 = A``, ``C_i = reduce(square(C_{i-1}) @ B)`` for
+``i = 1..rounds`` with A, B from ``prg`` (``square`` is entrywise); the prover commits to
+every ``stride``-th step (``stride = 1`` on CPU classes: every step, as in DESIGN.md
+section 6).
+
+Why the entrywise square: without it a step is linear mod 5, so ``C_{i+s} = C_i @ B^s``
+and a prover could compute ``B^s`` once (log2 s squarings) and then do one product per
+committed step instead of ``stride``: up to 8x less work at the GPU classes' strides.
+``x -> x^2`` is not affine on Z/5, so no product of matrices stands in for several steps
+(docs/POPW.md section 1; ``StridePowerProver`` in ``testing.py`` is that cheat).
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ HALF_MODULUS = MODULUS // 2
 ID_SIZE = 32
 SEED_SIZE = 32
 MIN_N = 16
-# |C| <= n * 2 * 2 before reduction; n <= 2^14 keeps every partial sum < 2^24, so fp32
-# (and TF32 / fp16 inputs with fp32 accumulation) computes every product exactly.
+# |square(C) @ B| <= n * 4 * 2 before reduction; n <= 2^14 keeps every partial sum below
+# 2^17 < 2^24, so fp32 (and TF32 / fp16 inputs, entries in [-2, 4], with fp32
+# accumulation) computes every product exactly.
 MAX_N = 1 << 14
 MAX_ROUNDS = 1 << 16
 MAX_COMMITS = 1 << 12  # roots in one commit (rounds / stride)
@@ -103,3 +111,15 @@ def centred_reduce(c: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     np.rint(q, out=q)
     q *= MODULUS
     return np.subtract(c, q, out=out)
+
+
+def square(x: np.ndarray) -> np.ndarray:
+    """The step's non-linear part: entrywise ``x * x`` (a reduced row, entries in [-2, 2],
+    becomes the next product's input, entries in {0, 1, 4})."""
+    return np.multiply(x, x, dtype=x.dtype)
+
+
+def advance(x: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One step of the chain for rows ``x`` (reduced, as fp32): ``reduce(square(x) @ B)``.
+    The plain reference; backends and the verifier compute the same thing faster."""
+    return centred_reduce(square(x) @ b)

@@ -14,7 +14,7 @@ import numpy as np
 
 from node.popw import prg
 from node.popw.backends import Backend, NumpyBackend, StepCallback
-from node.popw.challenge import HALF_MODULUS, Challenge, centred_reduce
+from node.popw.challenge import HALF_MODULUS, MODULUS, Challenge, advance
 from node.popw.prover import Commitment, Opening, Prover
 
 
@@ -117,7 +117,7 @@ class LazyProver(Prover):
             x = prg.matrix_rows(ch.seed, b"A", ch.n, [j])
             rows = []
             for _ in range(c * ch.stride):
-                x = centred_reduce(x @ b)
+                x = advance(x, b)
                 rows.append(x.astype(np.int8)[0].tobytes())
             prev = rows[-1 - ch.stride] if c > 1 else b""
             fake = [os.urandom(32) for _ in range(ch.proof_len)]
@@ -184,54 +184,101 @@ class LastStepLazyProver(Prover):
                 if op.commit == 1:
                     x = prg.matrix_rows(ch.seed, b"A", ch.n, [op.row])
                 for _ in range(ch.stride):
-                    x = centred_reduce(x @ b)
+                    x = advance(x, b)
                 fake = [os.urandom(32) for _ in range(ch.proof_len)]
                 op = replace(op, cur=x.astype(np.int8)[0].tobytes(), proof=fake)
             out.append(op)
         return out
 
 
-def inverse_mod(b: np.ndarray, p: int = 5) -> np.ndarray | None:
-    """B^-1 mod p by Gauss-Jordan elimination (None if B is singular mod p)."""
-    n = b.shape[0]
-    m = np.concatenate([b.astype(np.int64) % p, np.eye(n, dtype=np.int64)], axis=1)
-    for col in range(n):
-        pivots = np.nonzero(m[col:, col])[0]
-        if pivots.size == 0:
-            return None
-        r = col + int(pivots[0])
-        m[[col, r]] = m[[r, col]]
-        m[col] = (m[col] * pow(int(m[col, col]), -1, p)) % p
-        others = np.arange(n) != col
-        m[others] = (m[others] - np.outer(m[others, col], m[col])) % p
-    return m[:, n:]
-
-
 class SolvingProver(Prover):
-    """Does one honest step, then commits random matrices for every later step. Asked to
-    open (c, j) with c > 1, it *solves* for a previous row that maps to the committed
-    garbage row: ``prev = cur @ B^-1 (mod 5)``, one inversion instead of the whole chain.
-    Only the Merkle proof of the previous row (it is not the committed one) catches it.
+    """Does one honest step, then commits rows it can explain without the chain: for
+    each later committed step c it draws random reduced rows Z_c and commits
+    ``stride`` steps from them (no step waits for the one before, so the work spreads
+    over any number of devices at once). Asked to open (c, j) with c > 1, it sends
+    ``Z_c[j]`` as the previous row: the row recomputes, but it is not the committed row
+    of step c - 1. (On a linear chain the forger would solve ``prev = cur @ B^-1 mod 5``
+    instead; the square leaves no inverse to solve with, so it picks ``prev`` first.)
+    Only the Merkle proof of the previous row catches it.
     """
 
     def commit(self, ch: Challenge) -> Commitment:
         rng = np.random.default_rng(int.from_bytes(ch.seed[:8], "little"))
+        b = prg.matrix(ch.seed, b"B", ch.n)
+        self._forged: dict[int, np.ndarray] = {}
 
         def tamper(index: int, rows: np.ndarray, first: int) -> np.ndarray:
             if index == 1:
                 return rows
-            return rng.integers(-HALF_MODULUS, HALF_MODULUS + 1, rows.shape).astype(np.int8)
+            z = self._forged.setdefault(
+                index,
+                rng.integers(-HALF_MODULUS, HALF_MODULUS + 1, (ch.n, ch.n)).astype(np.float32),
+            )
+            x = z[first : first + rows.shape[0]]
+            for _ in range(ch.stride):
+                x = advance(x, b)
+            return x.astype(np.int8)
 
         self.backend = TamperingBackend(NumpyBackend(), tamper)
-        self._binv = inverse_mod(prg.matrix(ch.seed, b"B", ch.n))
         return super().commit(ch)
 
     def open(self, challenge_id: bytes, requests: list[tuple[int, int]]) -> list[Opening]:
         out = []
         for op in super().open(challenge_id, requests):
-            if op.commit > 1 and self._binv is not None:
-                cur = np.frombuffer(op.cur, np.int8).astype(np.int64)
-                prev = (cur @ self._binv + HALF_MODULUS) % 5 - HALF_MODULUS
-                op = replace(op, prev=prev.astype(np.int8).tobytes())
+            if op.commit > 1:
+                op = replace(op, prev=self._forged[op.commit][op.row].astype(np.int8).tobytes())
             out.append(op)
         return out
+
+
+def matrix_power_mod(b: np.ndarray, e: int, p: int = MODULUS) -> tuple[np.ndarray, int]:
+    """``B^e mod p`` (entries centred) by repeated squaring, and the products it took."""
+    result = None
+    base = b.astype(np.int64)
+    products = 0
+    while e:
+        if e & 1:
+            result = base if result is None else (result @ base) % p
+            products += result is not base
+        e >>= 1
+        if e:
+            base = (base @ base) % p
+            products += 1
+    assert result is not None
+    return (result + p // 2) % p - p // 2, products
+
+
+class PowerBackend:
+    """The shortcut a linear chain would allow: ``C_{c*s} = C_{(c-1)*s} @ B^s (mod 5)``.
+    Computes ``B^s`` once (log2 s squarings), then one product per committed step
+    instead of ``s``. ``products`` counts the n x n products it did."""
+
+    name = "stride-power"
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self.products = 0
+
+    def run_chain(
+        self, seed: bytes, n: int, rounds: int, stride: int, out: np.ndarray, on_rows: StepCallback
+    ) -> None:
+        m, self.products = matrix_power_mod(prg.matrix(seed, b"B", n), stride)
+        cur = prg.matrix(seed, b"A", n).astype(np.int64)
+        for c in range(1, rounds // stride + 1):
+            cur = (cur @ m + HALF_MODULUS) % MODULUS - HALF_MODULUS
+            self.products += 1
+            out[c - 1, :, 1:] = cur
+            on_rows(c, 0, n)
+
+    def bare_matmul_seconds(self, n: int, rounds: int) -> float:
+        return NumpyBackend(threads=1).bare_matmul_seconds(n, rounds)
+
+
+class StridePowerProver(Prover):
+    """Commits every ``stride``-th step of the chain as if each step were linear
+    (``PowerBackend``): rounds / stride + log2 stride products instead of rounds. It
+    reproduces a chain without the entrywise square exactly, so only the square in
+    each step (``challenge.advance``) makes its rows wrong."""
+
+    def __init__(self) -> None:
+        super().__init__(PowerBackend())

@@ -21,6 +21,7 @@ from node.popw.challenge import (
     PopwError,
     centred_reduce,
     require,
+    square,
     work_flops,
 )
 from node.popw.prover import Commitment, Opening
@@ -127,12 +128,12 @@ def previous_rows(ch: Challenge, openings: list[Opening]) -> np.ndarray:
 
 
 def streamed_product(seed: bytes, n: int, prev: np.ndarray) -> np.ndarray:
-    """``reduce(prev @ B)`` for k rows without materialising B: B comes from the PRG in
+    """``reduce(square(prev) @ B)`` for k rows without materialising B: B comes from the PRG in
     blocks of ``B_BLOCK_ROWS`` rows and each block's share ``B_blk^T @ prev[:, blk]^T``
     is added up, so B only ever lives in the cache. Every partial sum is an integer
     below 2^24, so the blocked sum is exact and equals the one-product result bit for bit.
     """
-    xt = np.ascontiguousarray(prev.T)
+    xt = square(np.ascontiguousarray(prev.T))
     acc = np.zeros((n, prev.shape[0]), dtype=np.float32)
     for r0, block in prg.matrix_blocks(seed, b"B", n, min(n, B_BLOCK_ROWS)):
         acc += block.T @ xt[r0 : r0 + block.shape[0]]
@@ -149,7 +150,7 @@ def recompute_rows(prev: np.ndarray, b: np.ndarray, stride: int) -> np.ndarray:
     xt = np.ascontiguousarray(prev.T)
     bt = b.T
     for _ in range(stride):
-        xt = centred_reduce(bt @ xt)
+        xt = centred_reduce(bt @ square(xt))
     return np.ascontiguousarray(xt.T).astype(np.int8)
 
 
@@ -160,7 +161,8 @@ def check_openings(
     openings: list[Opening],
     b: np.ndarray | None = None,
 ) -> None:
-    """Every requested row is committed, and equals reduce(previous row @ B) exactly."""
+    """Every requested row is committed, and equals ``stride`` steps of
+    ``reduce(square(previous row) @ B)`` exactly."""
     check_commit(ch, commit)
     require(len(openings) == len(requested), "wrong number of openings")
     for op, req in zip(openings, requested, strict=True):
@@ -179,7 +181,7 @@ def check_openings(
         # The committed row is the product of the committed previous row, bit for bit
         require(
             expected[i].tobytes() == op.cur,
-            f"row {op.row} of commit {op.commit} is not reduce(previous @ B)",
+            f"row {op.row} of commit {op.commit} is not reduce(square(previous) @ B)",
         )
 
 
