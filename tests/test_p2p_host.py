@@ -179,3 +179,16 @@ async def test_a_closed_host_closes_its_connections():
             await b2.publish("status/1", heartbeat(b2))
             await wait_until(lambda: got, timeout=10)
         assert got[0].signer == b2.address
+
+
+async def test_a_reset_while_the_host_closes_is_a_clean_stop_but_the_bodys_own_is_not():
+    """Closing every connection (item 18) races the muxers' readers, and a peer closing
+    too may reset: a BrokenResourceError from the teardown is a clean stop (logged). One
+    raised by the code using the host still reaches it."""
+    async with open_host(Identity.generate(), network="reset", domain=DEVNET_DOMAIN) as h:
+        assert not h._closed_in_teardown(trio.BrokenResourceError("reset"))  # still running
+    assert h._closed_in_teardown(trio.BrokenResourceError("reset"))
+    assert not h._closed_in_teardown(ValueError("bug"))
+    with pytest.raises(trio.BrokenResourceError, match="mine"):
+        async with open_host(Identity.generate(), network="reset", domain=DEVNET_DOMAIN):
+            raise trio.BrokenResourceError("mine")

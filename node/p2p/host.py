@@ -128,6 +128,8 @@ class KaisarHost:
         self.pubsub = Pubsub(self.host, self.gossipsub, **adapter.pubsub_kwargs())
         self.dht: KadDHT | None = None
         self._nursery: trio.Nursery | None = None
+        self._closing = False  # the body is done: the host is tearing down
+        self._body_errors: set[int] = set()  # ids of the body's own exceptions (never muted)
         self._decoded: dict[bytes, wire.Envelope] = {}
         self._from_cache: dict[bytes, str] = {}
         self._seq = wire.now_ms()  # strictly increasing across restarts
@@ -158,7 +160,12 @@ class KaisarHost:
             async with self._serving() as host:
                 yield host
         except BaseExceptionGroup as group:
-            _, rest = group.split(adapter.is_teardown_race)
+            resets, group2 = group.split(lambda e: self._closed_in_teardown(e))
+            if resets is not None:  # logged, not raised: see _closed_in_teardown
+                log.info("event=host_teardown_reset err=%r", leaves(resets)[0])
+            if group2 is None:
+                return
+            _, rest = group2.split(adapter.is_teardown_race)
             if rest is None:  # only py-libp2p's shutdown race (adapter.py item 9): a clean stop
                 return
             # py-libp2p nests each service in its own nursery, so one error arrives
@@ -191,10 +198,24 @@ class KaisarHost:
                         nursery.start_soon(self._repair_pubsub_peers)
                         try:
                             yield self
+                        except BaseException as exc:
+                            self._body_errors = {id(e) for e in leaves(exc)}
+                            raise
                         finally:
+                            self._closing = True
                             nursery.cancel_scope.cancel()
             finally:
                 await self._close_connections()
+
+    def _closed_in_teardown(self, exc: BaseException) -> bool:
+        """A connection reset or closed while this host tears down (its own closes,
+        item 18, race the muxers' readers; a peer may reset as it closes too): a clean
+        stop. Never an exception raised by the code that used the host."""
+        return (
+            self._closing
+            and isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError)
+            and id(exc) not in self._body_errors
+        )
 
     async def _close_connections(self) -> None:
         """Close every connection before the swarm stops (adapter.py item 18).
