@@ -293,3 +293,27 @@ async def test_job_and_checkers_reads_job_set_and_time_at_one_block(world):
     job, checkers, ts = await kc.job_and_checkers(job_id)
     assert job == await kc.get_job(job_id) and checkers == await kc.active_checkers()
     assert ts == (await kc.client.get_block("latest"))["timestamp"]
+
+
+async def test_a_transaction_on_the_embedded_chain_is_one_worker_hop(world):
+    # Nonce, fees, dry run, build, funds check, broadcast and the receipt (mined on
+    # send) in one thread hop: each hop waits for the GIL behind every busy thread of
+    # an in-process network (it took seven: ~8 ms each in a loaded devnet).
+    client = world.kc.client
+    hops: list[str] = []
+    real = client.run
+
+    async def counting(fn, *args):
+        hops.append(getattr(fn, "__name__", repr(fn)))
+        return await real(fn, *args)
+
+    client.run = counting  # type: ignore[method-assign]
+    before = await real(world.kc.rewards.functions.pool().call)
+    receipt = await client.transact(world.owner, world.kc.rewards.functions.fund(), value=7)
+    assert receipt["status"] == 1 and len(hops) == 1, hops
+    assert await real(world.kc.rewards.functions.pool().call) == before + 7
+    # a revert still names its function and costs no more hops
+    hops.clear()
+    with pytest.raises(ChainRevert) as info:
+        await client.transact(world.owner, world.kc.license.functions.buy(), value=1)
+    assert info.value.function == "buy" and len(hops) == 1

@@ -90,8 +90,11 @@ async def test_deploy_goes_out_while_the_assignment_is_mined(tmp_path):
     A refused deploy still becomes a certified failure: the leader reports it once its
     assignment is on chain (the contract takes failure votes only for an assignment).
     A freshly created job starts from its JobCreated event: no checker reads the job
-    from chain before its engine has started it."""
+    from chain before its engine has started it; and its fresh JobAssigned event is
+    taken as it is: no checker's event handler reads the job at all (four reads there
+    held the chain just when the provider reads it before its deploy)."""
     import dataclasses
+    import sys
     from contextlib import AsyncExitStack
 
     # no missed-heartbeat failures: a failure can only come from the refused deploy
@@ -108,14 +111,15 @@ async def test_deploy_goes_out_while_the_assignment_is_mined(tmp_path):
                 await honest.host.connect(c.addrs()[0])
             await nursery.start(honest.run)
             services = []
-            reads: list[tuple[int, bool]] = []  # (job, its engine had started it)
+            reads: list[tuple[int, bool, str]] = []  # (job, its engine had started it, caller)
 
             def counted(svc_of) -> KaisarChain:
                 view = KaisarChain(kc.client, kc.deployment)
                 real = view.get_job
 
                 async def get_job(job_id: int):
-                    reads.append((job_id, job_id in svc_of().engine.jobs))
+                    caller = sys._getframe(1).f_code.co_name
+                    reads.append((job_id, job_id in svc_of().engine.jobs, caller))
                     return await real(job_id)
 
                 view.get_job = get_job  # type: ignore[method-assign]
@@ -144,10 +148,16 @@ async def test_deploy_goes_out_while_the_assignment_is_mined(tmp_path):
                         await trio.sleep(0.05)
                 assert honest.deployed[job_id]["chain_state"] == JOB_OPEN
                 assert (await kc.get_job(job_id)).state == JOB_OPEN
-                assert (job_id, False) not in reads
+                assert not [r for r in reads if r[:2] == (job_id, False)]
             with trio.fail_after(60):  # released: the assignment lands as well
                 while (await kc.get_job(job_id)).state != JOB_ASSIGNED:
                     await trio.sleep(0.1)
+            with trio.fail_after(30):  # every checker handled JobAssigned (engine settled it)
+                while any(job_id not in s.engine._settled for s in services):
+                    await trio.sleep(0.05)
+            a = [s.assigned[job_id] for s in services]
+            assert {(x.provider, x.round, x.count) for x in a} == {(provider.address, 0, 1)}
+            assert not [r for r in reads if r[0] == job_id and r[2] == "_on_event"], reads
             honest.refuse = "test: refusing every deploy"
             refused = await kc.create_job(
                 owner, spec_hash=b"\x02" * 32, gpu_class=votes.gpu_class_id("cpu"), count=1,

@@ -305,21 +305,37 @@ async def test_wait_asks_the_provider_at_most_once_per_poll_interval(world):
         assert 2 <= len(queries) <= (trio.current_time() - t0) / 0.5 + 1
 
 
-async def test_chain_qc_finds_an_assignment_older_than_the_recent_window(world):
-    """chain_qc reads the newest blocks first; an assignment further back is still found."""
-    from node.client.api import QC_RECENT_BLOCKS
+async def test_chain_qc_finds_an_assignment_older_than_the_recent_window(world, monkeypatch):
+    """chain_qc reads the newest blocks first; an assignment further back is still found.
+    A fresh assignment costs one small log read (eth-tester's eth_getLogs grew faster
+    than its span: a 64-block first window cost a waiting client ~0.2 s of CPU)."""
+    from node.client.api import QC_SCAN_FIRST
 
     provider = world.providers[0].address
     async with scripted_world(world) as (fake, client):
         old = world.create_job(duration=600)
         world.assign(old, 0, provider, world.checkers[:2])
-        world.chain.mine(QC_RECENT_BLOCKS + 3)
+        world.chain.mine(5 * QC_SCAN_FIRST + 3)  # a few doubling ranges back
         recent = world.create_job(duration=600)
         other = [world.checkers[i] for i in (0, 2, 3)]  # 4 + 2 + 1 of 10
         world.assign(recent, 0, provider, other)
+        spans: list[tuple[int, int]] = []
+        real = client._assign_logs
+
+        def spying(lo, hi, job_id):
+            spans.append((lo, hi))
+            return real(lo, hi, job_id)
+
+        monkeypatch.setattr(client, "_assign_logs", spying)
         for job, signers in ((old, world.checkers[:2]), (recent, other)):
+            spans.clear()
             want = world.assign_sigs(job, 0, provider, signers)
             assert await client.chain_qc(await world.kc.get_job(job)) == want
+            if job == recent:
+                assert len(spans) == 1 and spans[0][1] - spans[0][0] + 1 == QC_SCAN_FIRST
+            else:  # read back to front, without gaps or overlaps
+                assert len(spans) > 2
+                assert all(a[0] == b[1] + 1 for a, b in zip(spans, spans[1:], strict=False))
 
 
 async def test_connect_right_after_wait_reuses_the_verification(world, monkeypatch):

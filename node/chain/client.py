@@ -6,7 +6,10 @@ Resource rules:
   eth-tester is not thread-safe.
 - Each signing key has exactly one ``Sender`` (``ChainClient.sender``). It serializes
   that key's transactions behind a ``trio.Lock``, owns its nonce, estimates gas,
-  waits for the receipt and re-broadcasts a transaction the node dropped.
+  waits for the receipt and re-broadcasts a transaction the node dropped. Everything
+  up to the broadcast plus one receipt read is one worker-thread hop (the embedded
+  chain mines on send, so a transaction there is one hop); only a receipt that is not
+  there yet is polled, every ``RECEIPT_POLL`` s.
 - ``head_version`` counts the blocks this process knows it caused (a mined transaction
   of any of its senders, ``increase_time``); ``wait_head`` wakes on the next one. Event
   watchers and the light client use it to react at once to what happened in-process,
@@ -30,6 +33,7 @@ from typing import Any, TypeVar
 import trio
 from eth_account import Account
 from eth_tester.exceptions import TransactionFailed
+from hexbytes import HexBytes
 from web3 import Web3
 from web3.exceptions import (
     ContractLogicError,
@@ -245,6 +249,7 @@ class Sender:
         self.client = client
         self.identity = identity
         self.address = identity.address
+        self._checksum = Web3.to_checksum_address(identity.address)
         self._account = Account.from_key(identity.secret)
         self._lock = trio.Lock()
         self._nonce: int | None = None
@@ -273,40 +278,14 @@ class Sender:
 
     async def _send_locked(self, fn: Any, to: str | None, value: int, gas: int | None) -> Any:
         c = self.client
-        w3 = c.w3
         name = getattr(fn, "fn_name", None) or ("deploy" if fn is not None else "transfer")
-        # The lock holds until the previous transaction's receipt, so the node's
-        # pending count is exact; reading it also heals after a chain reset.
-        self._nonce = int(await c.run(w3.eth.get_transaction_count, self.address, "pending"))
-        base = {"from": self.address, "value": value, "nonce": self._nonce, "chainId": c.chain_id}
-        base.update(await self._fees())
-        if fn is None:
-            tx = dict(base, to=to, data=b"")
-            if gas is None:
-                tx["gas"] = await self._estimate(tx, name)
-        else:
-            if gas is None and c.embedded is not None and hasattr(fn, "call"):
-                # eth-tester estimates by binary search (~20 executions); one call
-                # surfaces the revert reason and a fixed limit does the rest.
-                await self._dry_run(fn, value, name)
-                gas = EMBEDDED_GAS
-            if gas is not None:
-                base["gas"] = gas
-            try:
-                tx = await c.run(fn.build_transaction, base)
-            except ChainRevert as exc:
-                raise ChainRevert(exc.reason, function=name) from None
-            except Exception as exc:
-                if _is_insufficient_funds(exc):
-                    raise InsufficientFunds(self._funds_message(value)) from None
-                raise
-            if gas is None:
-                tx["gas"] = int(int(tx["gas"]) * GAS_MARGIN) + GAS_HEADROOM  # type: ignore[call-overload]
-        await self._check_funds(tx)
-        raw = self._account.sign_transaction(tx).raw_transaction
-        txhash = await self._broadcast(raw)
-        self._nonce += 1
-        receipt = await self._wait(txhash, raw)
+        # Everything up to the broadcast, and one receipt read, is one worker-thread hop:
+        # on the embedded chain (mined on send) a transaction costs one hop instead of
+        # eight, each of which waited for the GIL behind every other busy thread of an
+        # in-process network; on a JSON-RPC node the same blocking calls run in order.
+        tx, raw, txhash, receipt = await c.run(self._prepare_and_send, fn, to, value, gas, name)
+        if receipt is None:  # not mined yet: poll (a remote node, or anvil without automine)
+            receipt = await self._wait(txhash, raw)
         c.notify_head()
         log.debug(
             "tx sent=%s fn=%s gas=%s status=%s",
@@ -319,9 +298,50 @@ class Sender:
             raise ChainRevert(await self._replay_reason(tx, receipt), function=name)
         return receipt
 
-    async def _dry_run(self, fn: Any, value: int, name: str) -> None:
+    def _prepare_and_send(
+        self, fn: Any, to: str | None, value: int, gas: int | None, name: str
+    ) -> tuple[dict, bytes, bytes, Any]:
+        """(worker thread, under the embedded lock) nonce, fees, gas, funds check, sign,
+        broadcast, then one receipt read: (tx, raw, hash, receipt or None)."""
+        c = self.client
+        w3 = c.w3
+        # The lock holds until the previous transaction's receipt, so the node's
+        # pending count is exact; reading it also heals after a chain reset.
+        self._nonce = int(w3.eth.get_transaction_count(self._checksum, "pending"))
+        base = {"from": self.address, "value": value, "nonce": self._nonce, "chainId": c.chain_id}
+        base.update(self._fees())
+        if fn is None:
+            tx = dict(base, to=to, data=b"")
+            if gas is None:
+                tx["gas"] = self._estimate(tx, name)
+        else:
+            if gas is None and c.embedded is not None and hasattr(fn, "call"):
+                # eth-tester estimates by binary search (~20 executions); one call
+                # surfaces the revert reason and a fixed limit does the rest.
+                self._dry_run(fn, value, name)
+                gas = EMBEDDED_GAS
+            if gas is not None:
+                base["gas"] = gas
+            tx = self._contract_call(fn.build_transaction, name, value, base)
+            if gas is None:
+                tx["gas"] = int(int(tx["gas"]) * GAS_MARGIN) + GAS_HEADROOM  # type: ignore[call-overload]
+        self._check_funds(tx)
+        raw = self._account.sign_transaction(tx).raw_transaction
+        txhash = self._broadcast_sync(raw)
+        self._nonce += 1
         try:
-            await self.client.run(lambda: fn.call({"from": self.address, "value": value}))
+            receipt = w3.eth.get_transaction_receipt(HexBytes(txhash))
+        except Exception:  # not mined yet (TransactionNotFound), or a hiccup: poll
+            receipt = None
+        return tx, raw, txhash, receipt
+
+    def _contract_call(self, call: Callable[..., T], name: str, value: int, *args: Any) -> T:
+        """One estimate / dry run / build: a revert names the function, a poor sender
+        gets InsufficientFunds; anything else propagates (``run_sync`` maps it)."""
+        try:
+            return call(*args)
+        except (ContractLogicError, TransactionFailed) as exc:
+            raise ChainRevert(revert_reason(exc) or "reverted", function=name) from None
         except ChainRevert as exc:
             raise ChainRevert(exc.reason, function=name) from None
         except Exception as exc:
@@ -329,29 +349,25 @@ class Sender:
                 raise InsufficientFunds(self._funds_message(value)) from None
             raise
 
-    async def _fees(self) -> dict:
-        block = await self.client.get_block("latest")
-        base_fee = block.get("baseFeePerGas")
+    def _dry_run(self, fn: Any, value: int, name: str) -> None:
+        self._contract_call(lambda: fn.call({"from": self.address, "value": value}), name, value)
+
+    def _fees(self) -> dict:
+        w3 = self.client.w3
+        base_fee = w3.eth.get_block("latest").get("baseFeePerGas")
         if base_fee is None:
-            return {"gasPrice": int(await self.client.run(lambda: self.client.w3.eth.gas_price))}
+            return {"gasPrice": int(w3.eth.gas_price)}
         tip = 10**9
         return {"maxPriorityFeePerGas": tip, "maxFeePerGas": int(base_fee) * 2 + tip}
 
-    async def _estimate(self, tx: dict, name: str) -> int:
-        try:
-            est = await self.client.run(self.client.w3.eth.estimate_gas, tx)
-        except ChainRevert as exc:
-            raise ChainRevert(exc.reason, function=name) from None
-        except Exception as exc:
-            if _is_insufficient_funds(exc):
-                raise InsufficientFunds(self._funds_message(tx["value"])) from None
-            raise
+    def _estimate(self, tx: dict, name: str) -> int:
+        est = self._contract_call(self.client.w3.eth.estimate_gas, name, tx["value"], tx)
         return int(est * GAS_MARGIN) + GAS_HEADROOM
 
-    async def _check_funds(self, tx: dict) -> None:
+    def _check_funds(self, tx: dict) -> None:
         price = tx.get("maxFeePerGas", tx.get("gasPrice", 0))
         need = int(tx.get("value", 0)) + int(tx["gas"]) * int(price)
-        have = await self.client.balance(self.address)
+        have = int(self.client.w3.eth.get_balance(self._checksum))
         if have < need:
             raise InsufficientFunds(self._funds_message(int(tx.get("value", 0)), have, need))
 
@@ -359,9 +375,11 @@ class Sender:
         detail = f" (has {have} wei, needs {need} wei)" if have is not None else ""
         return f"account {self.address} cannot pay {value} wei plus gas{detail}: fund it first"
 
-    async def _broadcast(self, raw: bytes) -> bytes:
+    def _broadcast_sync(self, raw: bytes) -> bytes:
         try:
-            return bytes(await self.client.run(self.client.w3.eth.send_raw_transaction, raw))
+            return bytes(self.client.w3.eth.send_raw_transaction(raw))
+        except TransactionFailed as exc:
+            raise ChainRevert(revert_reason(exc) or "reverted") from None
         except ChainRevert:
             raise
         except Exception as exc:
@@ -370,6 +388,9 @@ class Sender:
             if "already known" in str(exc).lower():
                 return bytes(Web3.keccak(raw))
             raise
+
+    async def _broadcast(self, raw: bytes) -> bytes:
+        return await self.client.run(self._broadcast_sync, raw)
 
     async def _wait(self, txhash: bytes, raw: bytes) -> Any:
         """Poll for the receipt; re-broadcast when the node forgot the transaction."""

@@ -213,6 +213,7 @@ class CheckerService:
         self.attestations: dict[tuple[int, str], dict[str, SignedPopwVote]] = {}
         self.popw_qcs: dict[tuple[int, str], PopwQC] = {}
         self.assigned: dict[int, Assigned] = {}
+        self._counts: dict[int, int] = {}  # GPUs of the jobs seen created or reassigned
         self.status_seen: dict[int, tuple[float, str]] = {}
         self.failures: dict[tuple[int, int, str], FailureTally] = {}
         self._signed_failure: set[tuple[int, int]] = set()
@@ -372,6 +373,7 @@ class CheckerService:
             # Open in round 0 by construction; if a quorum assigned it meanwhile (the same
             # race as a chain read just before), its JobAssigned event follows and settles it.
             spec = created_job_spec(ev.args)
+            self._counts[job_id] = max(int(ev.args["count"]), 1)
             providers, epoch = self.view(spec)
             self.assigned.pop(job_id, None)
             self.status_seen.pop(job_id, None)
@@ -379,6 +381,7 @@ class CheckerService:
         elif ev.name in ("JobCreated", "JobReassigned"):
             trace.mark("checker_saw_job", job_id)
             job = await self.chain.get_job(job_id)
+            self._counts[job_id] = max(int(job.count), 1)
             if job.state == JOB_OPEN:
                 spec = job_spec(job)
                 providers, epoch = self.view(spec)
@@ -390,12 +393,22 @@ class CheckerService:
                     spec, providers, epoch, attempt=job.failures, first_round=job.round
                 )
             elif job.state == JOB_ASSIGNED:
-                self._note_assigned(job)
+                self._note_assigned(job_id, job.provider, job.round, job.count)
         elif ev.name == "JobAssigned":
-            job = await self.chain.get_job(job_id)
-            if job.state == JOB_ASSIGNED:
-                self._note_assigned(job)
+            count = self._counts.get(job_id)
+            if count is not None and self._fresh(ev):
+                # Fresh: the event is the assignment as of the newest block; a later
+                # change (reassignment, close) is a later event. No chain read: four
+                # checkers reading the job here held the chain just when the provider
+                # reads it before the deploy.
+                provider = to_checksum_address(ev.args["provider"])
+                self._note_assigned(job_id, provider, int(ev.args["round"]), count)
                 self.engine.forget(job_id)
+            else:
+                job = await self.chain.get_job(job_id)
+                if job.state == JOB_ASSIGNED:
+                    self._note_assigned(job_id, job.provider, job.round, job.count)
+                    self.engine.forget(job_id)
         elif ev.name == "JobClosed":
             state = int(ev.args.get("state", 0))
             if state == JOB_EXPIRED:
@@ -411,6 +424,7 @@ class CheckerService:
                     int(ev.args.get("provider_paid", 0)), int(ev.args.get("refund", 0)),
                 )  # fmt: skip
             self.assigned.pop(job_id, None)
+            self._counts.pop(job_id, None)
             self.engine.forget(job_id)
         elif ev.name == "Certified":
             # A PASS certificate credited on chain (>= 2/3 of stake signed it): standing
@@ -430,13 +444,13 @@ class CheckerService:
             and ev.block_number >= w.next_block - 1 - FRESH_EVENT_BLOCKS
         )
 
-    def _note_assigned(self, job: Any) -> None:
-        a = self.assigned.get(job.job_id)
-        if a is None or (a.provider, a.round) != (job.provider, job.round):
-            qc = self.engine.decided(job.job_id) if self.engine else None
-            self.assigned[job.job_id] = Assigned(
-                job.provider, job.round, max(int(job.count), 1), self.clock(),
-                qc if qc is not None and qc.round == job.round else None,
+    def _note_assigned(self, job_id: int, provider: str, round_: int, count: int) -> None:
+        a = self.assigned.get(job_id)
+        if a is None or (a.provider, a.round) != (provider, round_):
+            qc = self.engine.decided(job_id) if self.engine else None
+            self.assigned[job_id] = Assigned(
+                provider, round_, max(int(count), 1), self.clock(),
+                qc if qc is not None and qc.round == round_ else None,
             )  # fmt: skip
 
     # decisions: chain + deploy ----------------------------------------------------------
