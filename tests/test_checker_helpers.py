@@ -43,6 +43,7 @@ class HonestProvider:
         self.deployed: dict[int, dict] = {}
         self.prover = Prover(best_backend())
         self.refuse = ""  # set: refuse every deploy with this reason
+        self.answer_delay = 0.0  # seconds between the checks and the answer (slow checks)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.host.set_handler("/kaisar/popw/1", lambda f, p: respond_popw(f, self.prover))
@@ -82,6 +83,9 @@ class HonestProvider:
             req.job_id, {"round": req.round, "count": 0, "chain_state": job.state}
         )
         entry["count"] += 1
+        if self.answer_delay:
+            await trio.sleep(self.answer_delay)
+        entry["state_at_answer"] = (await self.chain.get_job(req.job_id)).state
         await framed.send(
             {
                 "t": "deployed",

@@ -92,7 +92,8 @@ async def test_deploy_goes_out_while_the_assignment_is_mined(tmp_path):
     A freshly created job starts from its JobCreated event: no checker reads the job
     from chain before its engine has started it; and its fresh JobAssigned event is
     taken as it is: no checker's event handler reads the job at all (four reads there
-    held the chain just when the provider reads it before its deploy)."""
+    held the chain just when the provider reads it before its deploy). The leader's
+    assign goes out at the provider's first answer, not while the deploy is delivered."""
     import dataclasses
     import sys
     from contextlib import AsyncExitStack
@@ -158,6 +159,21 @@ async def test_deploy_goes_out_while_the_assignment_is_mined(tmp_path):
             a = [s.assigned[job_id] for s in services]
             assert {(x.provider, x.round, x.count) for x in a} == {(provider.address, 0, 1)}
             assert not [r for r in reads if r[0] == job_id and r[2] == "_on_event"], reads
+            # the leader's Escrow.assign waits for the provider's first answer (here its
+            # reply, slow to come): mined meanwhile, it held up the deploy's delivery
+            honest.answer_delay = 0.6
+            slow = await kc.create_job(
+                owner, spec_hash=b"\x03" * 32, gpu_class=votes.gpu_class_id("cpu"), count=1,
+                image="busybox", port=8080, duration=600, price_per_second=10**9,
+            )  # fmt: skip
+            with trio.fail_after(60):
+                while "state_at_answer" not in honest.deployed.get(slow, {}):
+                    await trio.sleep(0.05)
+            assert honest.deployed[slow]["state_at_answer"] == JOB_OPEN
+            with trio.fail_after(60):
+                while (await kc.get_job(slow)).state != JOB_ASSIGNED:
+                    await trio.sleep(0.1)
+            honest.answer_delay = 0.0
             honest.refuse = "test: refusing every deploy"
             refused = await kc.create_job(
                 owner, spec_hash=b"\x02" * 32, gpu_class=votes.gpu_class_id("cpu"), count=1,

@@ -103,8 +103,10 @@ async def test_deploy_rules_ads_status_tunnel_logs(world, container_runtime, tmp
         assert ad.body["peer"] == peer.to_base58() and ad.body["addrs"]
         job = http_job(world)
 
+        accepted: list[int] = []  # container id length when "accepted" came: none yet
+
         async def refused(frame, reason):
-            reply = await pclient.send_deploy(chost, peer, frame)
+            reply = await pclient.send_deploy(chost, peer, frame, on_accepted=lambda: 1 / 0)
             assert reply["t"] == "refused" and reason in reply["reason"], reply
 
         no_qc = {"t": "deploy", "job_id": job, "round": 0, "provider": me, "sigs": []}
@@ -121,9 +123,13 @@ async def test_deploy_rules_ads_status_tunnel_logs(world, container_runtime, tmp
         # The chain records the certificate; the provider deploys it, once.
         world.assign(job, 0, me, world.checkers[:2])
         good = qc_frame(world, job, me, world.checkers[:2])
-        first = await pclient.send_deploy(chost, peer, good)
-        again = await pclient.send_deploy(chost, peer, good)
+        def on_accepted():  # the checks passed; the container starts after this frame
+            accepted.append(len(svc.state.get_job(job).container_id))
+
+        first = await pclient.send_deploy(chost, peer, good, on_accepted=on_accepted)
+        again = await pclient.send_deploy(chost, peer, good, on_accepted=on_accepted)
         assert first["t"] == again["t"] == "deployed" and first["qc_digest"] == again["qc_digest"]
+        assert accepted == [0]  # the running deployment again: no second "accepted"
         assert first["container_port"] == DEMO_HTTP_PORT
         assert len(await container_runtime.list_managed()) == 1
         await ads.wait_for(ad_from(svc, 0))

@@ -107,7 +107,19 @@ covered by a test in tests/test_p2p_adapter.py that fails without it.
    parameters, which we do not set: our validators reject bad messages instead), backs
    off from the peers it prunes, and builds each peer's control message from that
    peer's own entries.
-18. Host teardown leaves connections open (not a patch: ``KaisarHost._close_connections``,
+18. Dead connections stay selectable. When a connection's yamux muxer shuts down (seen:
+   "TCP connection reset by remote peer" between two hosts of one devnet process, cause
+   not found), its ``SwarmConn`` stays in ``Swarm.connections`` until the connection's
+   own accept loop runs, sees ``MuxedConnUnavailable`` and closes it; ``new_stream``
+   meanwhile picks it and the stream fails in multistream-select ("MultiselectClient
+   handshake: write failed" / "read failed"). On a busy loop that window held both of a
+   tunnel's attempts (1 in ~4 ``kaisar bench deploy`` runs lost a job that way).
+   ``KaisarHost.open_stream``, when a stream cannot be opened, closes the peer's
+   connections whose muxer is no longer established (``drop_dead_connections``; looked
+   at again 0.1 s later, since a connection that just broke shows it only once its
+   reader ran), dials again and retries once (test: tests/test_p2p_host.py,
+   ``test_stream_opens_over_a_fresh_connection_when_the_muxer_died``).
+19. Host teardown leaves connections open (not a patch: ``KaisarHost._close_connections``,
    tested in tests/test_p2p_host.py). Leaving ``BasicHost.run()`` cancels the swarm's
    tasks but never closes its connections' sockets, so in a process that lives on
    (a client or test host closed in place) peers kept the old connection and its
@@ -233,7 +245,33 @@ class TeardownRaceLogFilter(logging.Filter):
 
 
 CONNECTIONS_LOW = 8
+CLOSE_DEAD_TIMEOUT = 1.0  # closing a dead connection (18) includes a 0.1 s upstream sleep
 CONNECTIONS_HIGH = 64
+
+
+def _muxer_alive(conn) -> bool:
+    if getattr(conn, "is_closed", False):
+        return False
+    established = getattr(conn.muxed_conn, "is_established", True)
+    return bool(established() if callable(established) else established)
+
+
+async def drop_dead_connections(host, peer_id) -> bool:
+    """18: close ``peer_id``'s connections whose muxer shut down. True if it closed
+    any, or if no live connection to the peer is left (all of them closing, or gone):
+    either way another attempt, over a fresh dial where needed, can help."""
+    import trio
+
+    conns = host.get_network().get_connections(peer_id)
+    dead = [c for c in conns if not _muxer_alive(c)]
+    closing = [c for c in dead if not getattr(c, "is_closed", False)]
+    for conn in closing:
+        with trio.move_on_after(CLOSE_DEAD_TIMEOUT):
+            try:
+                await conn.close()
+            except Exception:  # already half torn down: removal is what matters
+                pass
+    return bool(closing) or len(dead) == len(conns)
 
 
 def connection_config():

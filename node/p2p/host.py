@@ -50,6 +50,7 @@ log = logging.getLogger("kaisar.p2p")
 
 GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
 DIAL_TIMEOUT = 10.0
+HEAL_SETTLE = 0.1  # s: after a failed stream open, for a broken connection to show
 STREAM_OPEN_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0  # closing a stopping host's connections gives up after this
 
@@ -209,7 +210,7 @@ class KaisarHost:
 
     def _closed_in_teardown(self, exc: BaseException) -> bool:
         """A connection reset or closed while this host tears down (its own closes,
-        item 18, race the muxers' readers; a peer may reset as it closes too): a clean
+        item 19, race the muxers' readers; a peer may reset as it closes too): a clean
         stop. Never an exception raised by the code that used the host."""
         return (
             self._closing
@@ -218,7 +219,7 @@ class KaisarHost:
         )
 
     async def _close_connections(self) -> None:
-        """Close every connection before the swarm stops (adapter.py item 18).
+        """Close every connection before the swarm stops (adapter.py item 19).
 
         py-libp2p's ``host.run()`` only cancels the swarm's tasks on exit: the sockets of
         live connections stayed open in a process that lives on (a client or test host
@@ -342,6 +343,31 @@ class KaisarHost:
 
     def connected_peers(self) -> list[ID]:
         return list(self.host.get_connected_peers())
+
+    async def _heal(self, peer_id: ID) -> bool:
+        """After a stream could not be opened: drop the peer's dead connections and dial
+        again (adapter workaround 18). A connection that just broke is marked dead only
+        once its reader task has run, so look again after HEAL_SETTLE. True if it did."""
+        dead = await adapter.drop_dead_connections(self.host, peer_id)
+        if not dead:
+            await trio.sleep(HEAL_SETTLE)
+            dead = await adapter.drop_dead_connections(self.host, peer_id)
+        if dead:
+            log.info("event=dead_connection_dropped peer=%s", peer_id)
+            await self._redial(peer_id)
+        return dead
+
+    async def _redial(self, peer_id: ID) -> None:
+        """A new connection to a peer whose connections are all closing: the swarm
+        still lists them (``connected_peers``) until their teardown ends, so a plain
+        ``ensure_connected`` would not dial; ``dial_peer`` skips closed connections."""
+        with trio.move_on_after(DIAL_TIMEOUT):
+            try:
+                await self.host.get_network().dial_peer(peer_id)
+                return
+            except Exception as exc:  # no address in the peerstore (relayed peer): dial.py
+                log.info("event=redial_failed peer=%s err=%s", peer_id, exc)
+        await self.ensure_connected(peer_id)
 
     async def ensure_connected(self, peer_id: ID) -> None:
         if peer_id in self.host.get_connected_peers():
@@ -474,13 +500,19 @@ class KaisarHost:
     @asynccontextmanager
     async def open_stream(self, peer_id: ID, protocol: str) -> AsyncIterator[FramedStream]:
         await self.ensure_connected(peer_id)
-        with trio.move_on_after(STREAM_OPEN_TIMEOUT) as scope:
-            try:
-                stream = await self.host.new_stream(peer_id, [TProtocol(protocol)])
-            except Exception as exc:
-                raise P2PError(f"cannot open {protocol} to {peer_id}: {exc}") from None
-        if scope.cancelled_caught:
-            raise P2PError(f"timed out opening {protocol} to {peer_id}")
+        for attempt in range(2):
+            with trio.move_on_after(STREAM_OPEN_TIMEOUT) as scope:
+                try:
+                    stream = await self.host.new_stream(peer_id, [TProtocol(protocol)])
+                except Exception as exc:
+                    # A connection whose muxer died stays selectable until its own accept
+                    # loop runs (adapter workaround 18): drop it, dial again, once.
+                    if attempt == 0 and await self._heal(peer_id):
+                        continue
+                    raise P2PError(f"cannot open {protocol} to {peer_id}: {exc}") from None
+            if scope.cancelled_caught:
+                raise P2PError(f"timed out opening {protocol} to {peer_id}")
+            break
         framed = FramedStream(stream)
         try:
             yield framed

@@ -84,6 +84,8 @@ SECONDS_PER_HOUR = 3600
 # event itself (a new job is open in round 0 with no failures): no chain read before
 # the round-0 leader proposes. Older ones (a restart catching up) are read from chain.
 FRESH_EVENT_BLOCKS = 2
+# The leader submits Escrow.assign at the provider's first deploy answer, or after this.
+DEPLOY_ANSWER_WAIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -482,7 +484,15 @@ class CheckerService:
         # takes failure votes for the current assignment.
         submitted = trio.Event()
         if not deployed:
-            self._spawn(self._deploy, qc, submitted)
+            answered = trio.Event()
+            self._spawn(self._deploy, qc, submitted, answered)
+            # The assignment goes out once the provider answered (its checks passed, or
+            # a refusal), at the latest after DEPLOY_ANSWER_WAIT: mined at the same time,
+            # the assign held up the deploy's delivery and the provider's chain reads (on
+            # one in-process chain, 40-240 ms) while the client needs it only once the
+            # container is up.
+            with trio.move_on_after(DEPLOY_ANSWER_WAIT):
+                await answered.wait()
         try:
             job = await self.chain.get_job(qc.job_id)
             if job.state == JOB_OPEN and job.round <= qc.round:
@@ -498,21 +508,34 @@ class CheckerService:
         finally:
             submitted.set()
 
-    async def _deploy(self, qc: AssignQC, submitted: trio.Event | None = None) -> None:
+    async def _deploy(
+        self,
+        qc: AssignQC,
+        submitted: trio.Event | None = None,
+        answered: trio.Event | None = None,
+    ) -> None:
         """Send the deploy command; a refusal or failure becomes failure evidence (after
-        ``submitted``: this checker's own assignment attempt has ended)."""
+        ``submitted``: this checker's own assignment attempt has ended). ``answered`` is
+        set at the provider's first answer ("accepted" or the reply) or when none can come."""
         from node.roles.provider.client import send_deploy
 
-        ad = self.ads.get(qc.provider)
-        if ad is None:
-            log.warning("event=deploy_no_ad job=%d provider=%s", qc.job_id, qc.provider)
-            return
-        peer = await self._connect(ad)
-        trace.mark("deploy_sent", qc.job_id)
+        answered = answered if answered is not None else trio.Event()
         try:
-            reply = await send_deploy(self.host, peer, qc, timeout=self.settings.deploy_timeout)
-        except (P2PError, Exception) as exc:
-            reply = {"t": "unreachable", "reason": str(exc)}
+            ad = self.ads.get(qc.provider)
+            if ad is None:
+                log.warning("event=deploy_no_ad job=%d provider=%s", qc.job_id, qc.provider)
+                return
+            peer = await self._connect(ad)
+            trace.mark("deploy_sent", qc.job_id)
+            try:
+                reply = await send_deploy(
+                    self.host, peer, qc, timeout=self.settings.deploy_timeout,
+                    on_accepted=answered.set,
+                )  # fmt: skip
+            except (P2PError, Exception) as exc:
+                reply = {"t": "unreachable", "reason": str(exc)}
+        finally:
+            answered.set()
         t = reply.get("t") if isinstance(reply, dict) else None
         if t == "deployed":
             trace.mark("deploy_replied", qc.job_id)

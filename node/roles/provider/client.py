@@ -1,6 +1,7 @@
 """The other side of the provider's protocols: what checkers and light clients call.
 
-- ``send_deploy(host, provider_peer, qc)`` -> the provider's reply frame (checker).
+- ``send_deploy(host, provider_peer, qc, on_accepted=...)`` -> the provider's final reply
+  frame (checker); ``on_accepted()`` when the provider's checks passed.
 - ``query_status(host, provider_peer, owner, domain, job_id)`` -> (JobStatus envelope, QC sigs).
 - ``stream_logs(host, provider_peer, owner, domain, job_id, follow=...)`` async iterator of bytes.
 - ``open_tunnel(...)`` (``node.roles.provider.tunnel``): an authorized byte pipe.
@@ -11,7 +12,7 @@ provider checks owner tokens and QCs against.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from node import wire
@@ -41,10 +42,26 @@ class ProviderRefused(Exception):
         self.reason = reason
 
 
-async def send_deploy(host: Any, provider_peer: Any, qc: AssignQC | dict, timeout: float = 60.0) -> dict:
-    """Send a deploy command (a QC, or a raw frame for tests); returns the reply frame."""
+async def send_deploy(
+    host: Any,
+    provider_peer: Any,
+    qc: AssignQC | dict,
+    timeout: float = 60.0,
+    *,
+    on_accepted: Callable[[], None] | None = None,
+) -> dict:
+    """Send a deploy command (a QC, or a raw frame for tests); returns the final reply
+    frame. A provider first answers ``{"t": "accepted"}`` once its checks passed (the
+    container starts next): ``on_accepted()`` is called then."""
     frame = qc if isinstance(qc, dict) else deploy_request(qc)
-    return await host.request(provider_peer, DEPLOY_PROTOCOL, frame, timeout=timeout)
+    async with host.open_stream(provider_peer, DEPLOY_PROTOCOL) as framed:
+        await framed.send(frame, timeout=timeout)
+        reply = await framed.recv(timeout=timeout)
+        if isinstance(reply, dict) and reply.get("t") == "accepted":
+            if on_accepted is not None:
+                on_accepted()
+            reply = await framed.recv(timeout=timeout)
+        return reply
 
 
 async def query_status(

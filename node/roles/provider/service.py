@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,7 @@ LOG_FRAME_BYTES = 32 * 1024
 MAX_BUSY_SECONDS = 3600.0
 CHECKER_CACHE_S = 30.0  # how long the provider trusts its copy of the active checker set
 NOTIFY_TIMEOUT = 5.0  # the push of a "deployed" status to the owner's peer
+ACCEPTED_TIMEOUT = 5.0  # the "accepted" frame to the deploying checker
 STATE_FILE = "provider.sqlite"
 
 
@@ -357,22 +358,44 @@ class ProviderService:
 
     async def _on_deploy(self, framed: FramedStream, peer: ID) -> None:
         obj = await framed.recv(max_size=deploy_rules.MAX_REQUEST_BYTES, timeout=10.0)
-        reply = await self.deploy(obj, peer)
+
+        async def accepted(job_id: int) -> None:
+            # The checks passed and the container starts now: the checker submits its
+            # Escrow.assign on this frame rather than while we read the chain (on one
+            # in-process chain the two held each other up). Best effort.
+            try:
+                await framed.send({"t": "accepted", "job_id": job_id}, timeout=ACCEPTED_TIMEOUT)
+            except Exception as exc:
+                log.info("event=deploy_accepted_not_sent job=%d err=%s", job_id, exc)
+
+        reply = await self.deploy(obj, peer, accepted=accepted)
         await framed.send(reply)
 
-    async def deploy(self, obj: Any, peer: Any = None) -> dict[str, Any]:
-        """Handle one deploy frame; returns the reply frame (never raises for bad input)."""
+    async def deploy(
+        self,
+        obj: Any,
+        peer: Any = None,
+        *,
+        accepted: Callable[[int], Awaitable[None]] | None = None,
+    ) -> dict[str, Any]:
+        """Handle one deploy frame; returns the reply frame (never raises for bad input).
+        ``accepted(job_id)`` is awaited once the checks passed, before the container
+        starts (not for a deployment that already runs)."""
         job_id = obj.get("job_id") if isinstance(obj, dict) else None
         try:
             req = decode_deploy(obj)
             trace.mark("provider_got_deploy", req.job_id)
             async with self._job_locks[req.job_id]:
-                return await self._deploy(req)
+                return await self._deploy(req, accepted)
         except DeployRefused as exc:
             log.info("event=deploy_refused job=%s peer=%s reason=%s", job_id, peer, exc.reason)
             return {"t": "refused", "job_id": job_id, "reason": exc.reason}
 
-    async def _deploy(self, req: deploy_rules.DeployRequest) -> dict[str, Any]:
+    async def _deploy(
+        self,
+        req: deploy_rules.DeployRequest,
+        accepted: Callable[[int], Awaitable[None]] | None = None,
+    ) -> dict[str, Any]:
         if self.chain is None:
             raise DeployRefused("this provider has no chain configured")
         digest = assign_digest(self.chain.domain, req.job_id, req.round, req.provider)
@@ -407,6 +430,8 @@ class ProviderService:
         )
         self.state.put_job(rec)  # durable before the container exists: restart finds it
         self.changed()
+        if accepted is not None:
+            await accepted(req.job_id)
         devices = rec.gpus if self.gpu_devices else ()
         try:
             info = await self.runtime.start(
