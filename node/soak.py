@@ -14,8 +14,10 @@ Every job is followed until it ends, and must end in exactly one of:
   owner or ran its course (expired as DONE) and the provider was paid;
 - ``reassigned``: the same, after at least one certified failure moved it to another
   round (and provider) where it was served again;
-- ``refunded``: it ended FAILED (certified failures, rest refunded) or EXPIRED (never
-  assigned within the assignment window, refunded).
+- ``refunded``: it ended FAILED (a certified failure after ``MAX_REASSIGNMENTS``, or
+  one with less than the escrow's ``MIN_REASSIGN`` seconds of paid time left: served
+  time paid, the rest refunded) or EXPIRED (never assigned within the assignment
+  window, refunded).
 
 Anything else is ``lost``: still open or assigned at the end, or ended without the
 client ever being served. ``double_assigned`` counts jobs whose container ran on two
@@ -33,6 +35,7 @@ import logging
 import random
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,7 @@ log = logging.getLogger("kaisar.soak")
 GRACE_S = 20.0  # a provider back from a fault has this long to stop a container it lost
 IMAGE = "kaisar/demo-http:latest"
 PORT = 8080
+MAX_REASSIGNMENTS = 3  # Escrow.vy: the 4th certified failure refunds whatever is left
 JOB_STATE = {1: "open", 2: "assigned", 3: "closed", 4: "done", 5: "failed", 6: "expired"}
 
 
@@ -63,6 +67,10 @@ class SoakSettings:
     fault_every: tuple[float, float] = (10.0, 18.0)
     drain_s: float = 150.0  # after the last purchase, jobs have this long to end
     assign_timeout: int = 45  # Escrow: an unassigned job may be expired after this
+    # Escrow: a failure certified with less paid time left ends the job FAILED (served time
+    # paid, the rest refunded) instead of reopening it: a new assignment, deploy and tunnel
+    # take ~10-30 s here, so a reassignment with less left is rarely served again.
+    min_reassign: int = 30
     status_timeout: float = 6.0  # checkers: a silent provider has failed
     epoch_seconds: float = 60.0  # PoPW epochs: every provider is challenged once per epoch
     popw_target_seconds: float = 0.05  # tiny challenges: a dozen processes share the cores
@@ -399,6 +407,38 @@ class Soak:
         mismatch += abs(balance - held - credited)
         return mismatch, paid
 
+    def unassigned_reasons(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Why jobs refunded unassigned (EXPIRED) never got a provider, from the checkers'
+        ``event=job_unassigned`` lines (rounds without a QC per reason, docs/CHECKER.md):
+        jobs by the reason most of their rounds had (summed over checkers), and rounds
+        per reason over all those jobs. "unknown": no checker logged the job (e.g. every
+        one restarted meanwhile)."""
+        want = {t.job_id for t in self.tracks.values() if t.final == "expired"}
+        per_job: dict[int, Counter[str]] = {}
+        for c in self.net.checkers:
+            for line in c.log_text().splitlines():
+                if "event=job_unassigned " not in line:
+                    continue
+                fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+                try:
+                    job = int(fields.get("job", ""))
+                except ValueError:
+                    continue
+                if job not in want:
+                    continue
+                tally = per_job.setdefault(job, Counter())
+                for item in fields.get("reasons", "").split(","):
+                    reason, _, n = item.partition(":")
+                    if n.isdigit():
+                        tally[reason] += int(n)
+        jobs: Counter[str] = Counter()
+        rounds: Counter[str] = Counter()
+        for j in want:
+            found = per_job.get(j)
+            jobs[found.most_common(1)[0][0] if found else "unknown"] += 1
+            rounds.update(found or {})
+        return dict(jobs), dict(rounds)
+
     async def report(self, started: float) -> dict[str, Any]:
         mismatch, paid = await self.escrow_mismatch()
         counts = {"served": 0, "reassigned": 0, "refunded": 0, "lost": 0}
@@ -414,6 +454,7 @@ class Soak:
         for f in self.faults:
             kinds[f.kind] = kinds.get(f.kind, 0) + 1
         reassign = [s for t in self.tracks.values() for s in t.reassign_s]
+        why_jobs, why_rounds = self.unassigned_reasons()
         return {
             "seed": self.s.seed,
             "minutes": self.s.minutes,
@@ -422,6 +463,14 @@ class Soak:
             "jobs": len(self.tracks),
             **counts,
             "refunded_unassigned": sum(t.final == "expired" for t in self.tracks.values()),
+            # FAILED with reassignments to spare: the last certified failure came with less
+            # than min_reassign seconds of paid time left (served time paid, rest refunded)
+            "refunded_late_failure": sum(
+                t.final == "failed" and 0 < t.failures <= MAX_REASSIGNMENTS
+                for t in self.tracks.values()
+            ),
+            "unassigned_reasons": why_jobs,  # refunded_unassigned jobs by main reason
+            "unassigned_rounds": why_rounds,  # their rounds without a QC, by reason
             "double_assigned": len(self.double),
             "max_reassign_s": round(max(reassign), 1) if reassign else 0.0,
             "escrow_mismatch_wei": mismatch,
@@ -454,7 +503,8 @@ async def run_soak(
         docker_host=docker_host, network="soak",
         checker_opts={"status_timeout": settings.status_timeout, "epoch_seconds": settings.epoch_seconds,
                       "popw_target_seconds": settings.popw_target_seconds},
-        deploy_params=DeployParams(assign_timeout=settings.assign_timeout),
+        deploy_params=DeployParams(assign_timeout=settings.assign_timeout,
+                                   min_reassign=settings.min_reassign),
     ) as net:  # fmt: skip
         say(f"network up in {time.time() - started:.1f} s: {workdir}")
         soak = Soak(net, settings, say)

@@ -43,6 +43,7 @@ PARAMS = DeployParams(
     slash_bps=5000,
     reporter_bps=1000,
     assign_timeout=600,
+    min_reassign=60,
     reward_per_cert=ETHER,
     checker_bps=2000,
     unlock_period=1000,

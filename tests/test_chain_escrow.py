@@ -32,6 +32,7 @@ def test_create_job_records_and_emits(world):
     assert h.balance(world.dep.escrow) == 100 * PRICE
     assert h.call(E.functions.STAKING()) == world.dep.staking
     assert h.call(E.functions.ASSIGN_TIMEOUT()) == PARAMS.assign_timeout
+    assert h.call(E.functions.MIN_REASSIGN()) == PARAMS.min_reassign
 
 
 @pytest.mark.parametrize(
@@ -228,6 +229,47 @@ def test_fail_reassigns_then_refunds(world):
     assert total == 1000 * PRICE  # nothing lost, nothing created
 
 
+def test_fail_too_close_to_the_end_refunds_instead_of_reassigning(world):
+    """A failure certified with less than MIN_REASSIGN seconds of paid time left ends the
+    job: the provider is paid for the time it served, the owner gets the rest back, and
+    nothing is reopened that no provider could serve in time (soak job 67: reassigned with
+    12 s left, never served again). At exactly MIN_REASSIGN left it is still reassigned."""
+    E, h = world.escrow, world.h
+    p0 = world.providers[0].address
+    duration, keep = 200, PARAMS.min_reassign
+    # exactly MIN_REASSIGN left at the failure: reassigned
+    job_a = world.create_job(duration=duration)
+    world.assign(job_a, 0, p0)
+    start = world.job(job_a)[STARTED]
+    sigs = world.failure_sigs(job_a, 0, p0, world.checkers[:2])
+    fail_at = start + duration - keep
+    world.chain.increase_time(fail_at - h.now() - 1)  # the next block is mined at fail_at
+    r = h.tx(world.outsider, E.functions.fail(job_a, 0, p0, sigs))
+    ev = E.events.JobReassigned().process_receipt(r, errors=DISCARD)[0]["args"]
+    assert ev["remaining"] == keep and world.job(job_a)[STATE] == 1
+    # one second less: FAILED, served time paid, the rest refunded
+    job_b = world.create_job(duration=duration)
+    world.assign(job_b, 0, p0)
+    start = world.job(job_b)[STARTED]
+    paid_before = h.call(E.functions.balances(p0))
+    sigs = world.failure_sigs(job_b, 0, p0, world.checkers[:2])
+    fail_at = start + duration - keep + 1
+    world.chain.increase_time(fail_at - h.now() - 1)
+    r = h.tx(world.outsider, E.functions.fail(job_b, 0, p0, sigs))
+    assert not E.events.JobReassigned().process_receipt(r, errors=DISCARD)
+    ev = E.events.JobClosed().process_receipt(r, errors=DISCARD)[0]["args"]
+    served = duration - keep + 1
+    assert (ev["state"], ev["provider_paid"], ev["refund"]) == (
+        5, served * PRICE, (keep - 1) * PRICE,
+    )  # fmt: skip
+    job = world.job(job_b)
+    assert job[STATE] == 5 and job[DEPOSIT] == 0 and job[FAILURES] == 1
+    assert h.call(E.functions.balances(p0)) - paid_before == served * PRICE
+    assert h.call(E.functions.balances(world.owner.address)) == (keep - 1) * PRICE
+    with reverts("job not open"):
+        world.assign(job_b, 1, p0)
+
+
 def test_fail_reverts(world):
     E, h = world.escrow, world.h
     p0, p1 = world.providers[0].address, world.providers[1].address
@@ -248,16 +290,22 @@ def test_fail_reverts(world):
         h.tx(world.outsider, E.functions.fail(job_id, 0, p0, assign_sigs))
 
 
-def test_fail_after_end_refunds_nothing_left(world):
+def test_fail_after_end_is_refused_the_job_ran_its_course(world):
+    """A failure certificate that lands after the paid time is over has nothing left to
+    reassign or refund: it reverts, and the job ends DONE (the provider paid to the end,
+    which is what a FAILED ending would have paid it). Before, such a job was relabelled
+    FAILED with a zero refund (soak: a served job's provider killed in its last seconds)."""
     E, h = world.escrow, world.h
     p0 = world.providers[0].address
     job_id = world.create_job(duration=10)
     world.assign(job_id, 0, p0)
     world.chain.increase_time(50)
     sigs = world.failure_sigs(job_id, 0, p0, world.checkers[:2])
-    r = h.tx(world.outsider, E.functions.fail(job_id, 0, p0, sigs))
+    with reverts("job already ended"):
+        h.tx(world.outsider, E.functions.fail(job_id, 0, p0, sigs))
+    r = h.tx(world.outsider, E.functions.expire(job_id))
     ev = E.events.JobClosed().process_receipt(r, errors=DISCARD)[0]["args"]
-    assert (ev["state"], ev["provider_paid"], ev["refund"]) == (5, 10 * PRICE, 0)
+    assert (ev["state"], ev["provider_paid"], ev["refund"]) == (4, 10 * PRICE, 0)
 
 
 def test_expire_open_and_done(world):

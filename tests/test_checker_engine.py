@@ -8,7 +8,7 @@ from eth_utils import keccak
 from node.consensus.assignment import get_leader
 from node.consensus.checkers import make_checker_set
 from node.consensus.qc import PrepareQC, Proposal, sign_prevote
-from node.consensus.scheduler import JobSpec, ProviderInfo
+from node.consensus.scheduler import JobSpec, ProviderInfo, round_reason, why_not_eligible
 from node.consensus.store import VoteStore
 from node.eip712 import Domain
 from node.identity import Identity
@@ -187,3 +187,81 @@ async def test_a_reopened_job_never_prevotes_twice_in_one_round(tmp_path):
         nursery.cancel_scope.cancel()
     prevotes = [m.assignment_from(e) for e in host.sent if e.type == "AssignPrevoteMsg"]
     assert not [(v.round, v.provider) for v in prevotes if v.round == 1 and v.provider != A]
+
+
+async def _rounds_without_qc(tmp_path, view, rounds: int) -> AssignmentEngine:
+    """One engine alone (no quorum possible) runs ``rounds`` rounds of SPEC on ``view``,
+    explaining its view as the checker service does (scheduler misses)."""
+    me = KEYS[0]
+
+    def explain(spec):
+        misses = {p.address: why_not_eligible(spec, p, 0) for p in view}
+        return round_reason(misses.values()), misses
+
+    engine = AssignmentEngine(
+        FakeHost(me), me, DOMAIN, CHECKERS, tmp_path, timeout_base=0.02,
+        view=lambda spec: (view, 0), explain=explain,
+    )  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await engine.start_job(SPEC, view, 0)
+        with trio.fail_after(20):
+            while engine.round_summary(SPEC.job_id)[0] < rounds:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    return engine
+
+
+def _round_lines(caplog) -> dict[int, str]:
+    out = {}
+    for rec in caplog.records:
+        msg = rec.getMessage()
+        if msg.startswith("event=assign_round "):
+            fields = dict(f.split("=", 1) for f in msg.split())
+            out[int(fields["round"])] = msg
+    return out
+
+
+async def test_a_round_without_a_provider_logs_the_nearest_miss(tmp_path, caplog):
+    """Nobody eligible: A fits but has no PoPW standing, B has standing and no free GPU.
+    Every round is logged (and counted) as no_capacity, the nearest miss, with each
+    provider's own miss, so a soak can tell standing gaps from capacity from faults."""
+    caplog.set_level("INFO", logger="kaisar.checker.engine")
+    view = [ProviderInfo(A, "cpu", 1, 1, None), ProviderInfo(B, "cpu", 0, 1, 0)]
+    engine = await _rounds_without_qc(tmp_path, view, 4)
+    rounds, reasons = engine.round_summary(SPEC.job_id)
+    assert rounds >= 4 and reasons == {"no_capacity": rounds}
+    lines = _round_lines(caplog)
+    assert set(range(4)) <= set(lines)
+    assert f"{A[:10]}:no_standing" in lines[0] and f"{B[:10]}:no_capacity" in lines[0]
+    assert "proposed=-" in lines[0]
+    engine.forget(SPEC.job_id)
+    assert engine.round_summary(SPEC.job_id) == (0, {})  # bounded: dropped when settled
+
+
+async def test_rounds_with_a_provider_tell_a_silent_leader_from_a_missing_quorum(tmp_path, caplog):
+    """A is eligible. In rounds this checker leads it proposes A and no quorum follows
+    (it is alone): no_quorum. In the others no proposal comes: leader_timeout."""
+    caplog.set_level("INFO", logger="kaisar.checker.engine")
+    view = [ProviderInfo(A, "cpu", 1, 1, 0)]
+    engine = await _rounds_without_qc(tmp_path, view, 5)
+    lines = _round_lines(caplog)
+    assert set(range(5)) <= set(lines)
+    for r in range(5):
+        mine = get_leader(CHECKERS, SPEC.job_id, r) == KEYS[0].address
+        want = f"reason=no_quorum proposed={A}" if mine else "reason=leader_timeout proposed=-"
+        assert want in lines[r], (r, lines[r])
+    assert set(engine.round_summary(SPEC.job_id)[1]) <= {"no_quorum", "leader_timeout"}
+
+
+def test_round_reason_is_the_nearest_miss():
+    spec = JobSpec(1, "cpu", 2, 100)
+    assert why_not_eligible(spec, ProviderInfo(A, "gpu", 2, 1, 0), 0) == "class"
+    assert why_not_eligible(spec, ProviderInfo(A, "cpu", 2, 101, 0), 0) == "price"
+    assert why_not_eligible(spec, ProviderInfo(A, "cpu", 0, 1, None), 0) == "no_standing"
+    assert why_not_eligible(spec, ProviderInfo(A, "cpu", 1, 1, 0), 0) == "no_capacity"
+    assert why_not_eligible(spec, ProviderInfo(A, "cpu", 2, 1, 0), 0) == "eligible"
+    assert round_reason([]) == "no_ad"
+    assert round_reason(["stale_ad", "no_standing", "price"]) == "no_standing"
+    assert round_reason(["no_capacity", "stale_ad", "no_standing"]) == "no_capacity"
+    assert round_reason(["stale_ad", "eligible"]) == "eligible"

@@ -228,3 +228,49 @@ async def test_a_restarted_checker_takes_popw_standing_from_the_chain(tmp_path):
             view, epoch = svc.view(job_spec(await kc.get_job(job)))
             assert [p.address for p in view if has_popw_standing(p, epoch)] == [provider.address]
             nursery.cancel_scope.cancel()
+
+
+async def test_no_failure_vote_after_paid_time_and_explain_names_the_miss(tmp_path):
+    """A checker's view explained (docs/CHECKER.md, "Why a round found no provider"): a
+    fresh ad without PoPW standing is no_standing, an expired one stale_ad. And a checker
+    signs no FailureVote once the assignment's paid time is over (the job ran its
+    course; Escrow.fail refuses it then), but does while it runs."""
+    import dataclasses
+
+    from node.roles.checker.service import job_spec
+
+    checkers = [ident(f"late-checker{i}") for i in range(4)]
+    provider = ident("late-provider")
+    dev = await start_embedded([GenesisChecker(c, c, ETHER) for c in checkers])
+    kc = dev.chain
+    settings = dataclasses.replace(FAST, popw=False)
+    async with start_network(2, identities=[checkers[3], provider], domain=kc.domain) as hosts:
+        async with trio.open_nursery() as nursery:
+            ads = HonestProvider(hosts[1], kc)
+            await nursery.start(ads.run)
+            svc = CheckerService(hosts[0], hosts[0].identity, kc, tmp_path / "c", settings, classes=FAST_CLASSES)
+            await nursery.start(svc.run)
+            with trio.fail_after(30):  # the first ad crosses the mesh once it forms (slow under load)
+                while provider.address not in svc.ads:
+                    await trio.sleep(0.05)
+            owner = ident("late-owner")
+            await dev.fund(owner.address)
+            job = await kc.create_job(
+                owner, spec_hash=b"\x01" * 32, gpu_class=votes.gpu_class_id("cpu"), count=1,
+                image="busybox", port=8080, duration=600, price_per_second=10**9,
+            )  # fmt: skip
+            spec = job_spec(await kc.get_job(job))
+            assert svc.explain(spec) == ("no_standing", {provider.address: "no_standing"})
+            svc.standing[provider.address] = svc.epoch()
+            assert svc.explain(spec)[0] == "eligible"
+            real = svc.clock
+            svc.clock = lambda: real() + 3600  # past the ad's expiry and the job's end
+            assert svc.explain(spec) == ("stale_ad", {provider.address: "stale_ad"})
+            digest = votes.assign_digest(kc.domain, job, 0, provider.address)
+            await kc.assign(checkers[0], job, 0, provider.address, [votes.sign(c, digest) for c in checkers[:3]])
+            await svc._suspect(job, 0, provider.address, "missed heartbeats")
+            assert (job, 0) not in svc._signed_failure  # after the end: no vote
+            svc.clock = real
+            await svc._suspect(job, 0, provider.address, "missed heartbeats")
+            assert (job, 0) in svc._signed_failure  # while it runs: the vote is signed
+            nursery.cancel_scope.cancel()

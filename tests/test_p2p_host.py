@@ -155,6 +155,45 @@ async def test_bad_connect_addresses_raise_p2p_error(net3):
             await a.connect(bad)
 
 
+async def test_a_closed_host_closes_its_connections():
+    """docs/SOAK.md bug 3: a host closed inside a process that lives on left its TCP
+    connections open, so its peers kept the old connection (and pubsub stream) and a new
+    host with the same key heard no gossip. Closing the host now closes them: the peer
+    sees the disconnect, and a new host with the key is heard again."""
+    ids = [Identity.generate() for _ in range(2)]
+    async with open_host(ids[0], network="close", domain=DEVNET_DOMAIN) as a:
+        async with open_host(ids[1], network="close", domain=DEVNET_DOMAIN) as b:
+            await b.connect(a.addrs()[0])
+            await wait_until(lambda: b.peer_id in a.connected_peers())
+        await wait_until(lambda: b.peer_id not in a.connected_peers(), timeout=10)
+        got = []
+
+        async def handler(env, peer):
+            got.append(env)
+
+        await a.subscribe("status/1", handler)
+        async with open_host(ids[1], network="close", domain=DEVNET_DOMAIN) as b2:
+            await b2.subscribe("status/1", lambda env, peer: trio.sleep(0))
+            await b2.connect(a.addrs()[0])
+            await wait_for_mesh([a, b2], "status/1")
+            await b2.publish("status/1", heartbeat(b2))
+            await wait_until(lambda: got, timeout=10)
+        assert got[0].signer == b2.address
+
+
+async def test_a_reset_while_the_host_closes_is_a_clean_stop_but_the_bodys_own_is_not():
+    """Closing every connection (item 18) races the muxers' readers, and a peer closing
+    too may reset: a BrokenResourceError from the teardown is a clean stop (logged). One
+    raised by the code using the host still reaches it."""
+    async with open_host(Identity.generate(), network="reset", domain=DEVNET_DOMAIN) as h:
+        assert not h._closed_in_teardown(trio.BrokenResourceError("reset"))  # still running
+    assert h._closed_in_teardown(trio.BrokenResourceError("reset"))
+    assert not h._closed_in_teardown(ValueError("bug"))
+    with pytest.raises(trio.BrokenResourceError, match="mine"):
+        async with open_host(Identity.generate(), network="reset", domain=DEVNET_DOMAIN):
+            raise trio.BrokenResourceError("mine")
+
+
 async def test_stream_opens_over_a_fresh_connection_when_the_muxer_died(net3):
     """py-libp2p keeps a connection whose muxer has shut down (a reset TCP connection)
     selectable until that connection's own accept loop gets to run and removes it; on a

@@ -48,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "slash_bps",
         "reporter_bps",
         "assign_timeout",
+        "min_reassign",
         "reward_per_cert",
         "checker_bps",
         "unlock_period",
@@ -145,7 +146,7 @@ async def check_deploy_funds(client: ChainClient, deployer: Identity, params: De
             params.slash_bps,
             params.reporter_bps,
         ),
-        "Escrow": (placeholder, params.assign_timeout),
+        "Escrow": (placeholder, params.assign_timeout, params.min_reassign),
         "Rewards": (placeholder, params.reward_per_cert, params.checker_bps, params.unlock_period),
     }
     gas = 0

@@ -36,6 +36,7 @@ class DeployParams:
     slash_bps: int = 5000  # half of the stake at risk
     reporter_bps: int = 1000  # a tenth of the cut to whoever reports
     assign_timeout: int = 3600
+    min_reassign: int = 60  # Escrow: a failure with less paid time left refunds, not reassigns
     reward_per_cert: int = ETHER // 100
     checker_bps: int = 2000  # a fifth of each certificate's reward to its signers
     unlock_period: int = 30 * 24 * 3600
@@ -145,7 +146,9 @@ async def deploy_all(
         p.reporter_bps,
     )
     es = arts["Escrow"]
-    escrow = await client.deploy(deployer, es.abi, es.bytecode, staking, p.assign_timeout)
+    escrow = await client.deploy(
+        deployer, es.abi, es.bytecode, staking, p.assign_timeout, p.min_reassign
+    )
     rw = arts["Rewards"]
     rewards = await client.deploy(
         deployer, rw.abi, rw.bytecode, staking, p.reward_per_cert, p.checker_bps, p.unlock_period

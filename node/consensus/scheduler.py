@@ -56,6 +56,39 @@ def is_eligible_provider(job: JobSpec, provider: ProviderInfo, epoch: int) -> bo
     return has_popw_standing(provider, epoch)
 
 
+# Why a provider is not eligible for a job, nearest miss last: a round's reason is the
+# nearest miss over all providers (``round_reason``). "no_capacity" means the provider
+# passed every other check (standing included), "no_standing" that it fits the job but
+# holds no recent PoPW PASS certificate; "stale_ad" / "not_accepting" come from the ad
+# index (a provider heard from whose ad expired: killed, paused, cut off or gossip lag).
+MISS_ORDER = ("stale_ad", "not_accepting", "class", "price", "no_standing", "no_capacity")
+
+
+def why_not_eligible(job: JobSpec, provider: ProviderInfo, epoch: int) -> str:
+    """The first check ``is_eligible_provider`` fails, or "eligible"."""
+    if provider.gpu_class != job.gpu_class:
+        return "class"
+    if provider.price > job.max_price:
+        return "price"
+    if not has_popw_standing(provider, epoch):
+        return "no_standing"
+    if provider.free_gpus < job.gpu_count:
+        return "no_capacity"
+    return "eligible"
+
+
+def round_reason(misses: Iterable[str]) -> str:
+    """Why nobody could be proposed, from each known provider's miss: the nearest miss
+    ("eligible" if some provider is), "no_ad" when no provider was ever heard from."""
+    best = ""
+    for miss in misses:
+        if miss == "eligible":
+            return miss
+        if miss in MISS_ORDER and (not best or MISS_ORDER.index(miss) > MISS_ORDER.index(best)):
+            best = miss
+    return best or "no_ad"
+
+
 def tie_break(job_id: int, provider: str) -> bytes:
     """Per-job pseudo-random order, so ties do not always favour one provider."""
     return keccak(job_id.to_bytes(32, "big") + to_canonical_address(provider))

@@ -120,6 +120,16 @@ covered by a test in tests/test_p2p_adapter.py that fails without it.
    reader ran), or all of them when the error says a write failed (yamux keeps such a
    connection "established": seen 290 ms later still), dials again and retries once (test: tests/test_p2p_host.py,
    ``test_stream_opens_over_a_fresh_connection_when_the_muxer_died``).
+19. Host teardown leaves connections open (not a patch: ``KaisarHost._close_connections``,
+   tested in tests/test_p2p_host.py). Leaving ``BasicHost.run()`` cancels the swarm's
+   tasks but never closes its connections' sockets, so in a process that lives on
+   (a client or test host closed in place) peers kept the old connection and its
+   pubsub stream, and a new host with the same key heard no gossip (docs/SOAK.md,
+   bug 3). The host closes every connection (``Swarm.close_peer``) before the swarm
+   stops, shielded and bounded by ``CLOSE_TIMEOUT``. The closes race the muxers'
+   readers (and a socket closed with unread data sends a reset), so a
+   ``BrokenResourceError`` / ``ClosedResourceError`` from the host's own teardown is a
+   clean stop (``KaisarHost._closed_in_teardown``, logged ``host_teardown_reset``).
 """
 
 from __future__ import annotations

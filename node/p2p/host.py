@@ -52,6 +52,7 @@ GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
 DIAL_TIMEOUT = 10.0
 HEAL_SETTLE = 0.1  # s: after a failed stream open, for a broken connection to show
 STREAM_OPEN_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 2.0  # closing a stopping host's connections gives up after this
 
 # Gossip topics and the message types each may carry. Later issues add types here.
 TOPIC_TYPES: dict[str, set[str]] = {
@@ -128,6 +129,8 @@ class KaisarHost:
         self.pubsub = Pubsub(self.host, self.gossipsub, **adapter.pubsub_kwargs())
         self.dht: KadDHT | None = None
         self._nursery: trio.Nursery | None = None
+        self._closing = False  # the body is done: the host is tearing down
+        self._body_errors: set[int] = set()  # ids of the body's own exceptions (never muted)
         self._decoded: dict[bytes, wire.Envelope] = {}
         self._from_cache: dict[bytes, str] = {}
         self._seq = wire.now_ms()  # strictly increasing across restarts
@@ -158,7 +161,12 @@ class KaisarHost:
             async with self._serving() as host:
                 yield host
         except BaseExceptionGroup as group:
-            _, rest = group.split(adapter.is_teardown_race)
+            resets, group2 = group.split(lambda e: self._closed_in_teardown(e))
+            if resets is not None:  # logged, not raised: see _closed_in_teardown
+                log.info("event=host_teardown_reset err=%r", leaves(resets)[0])
+            if group2 is None:
+                return
+            _, rest = group2.split(adapter.is_teardown_race)
             if rest is None:  # only py-libp2p's shutdown race (adapter.py item 9): a clean stop
                 return
             # py-libp2p nests each service in its own nursery, so one error arrives
@@ -173,25 +181,59 @@ class KaisarHost:
     async def _serving(self) -> AsyncIterator[KaisarHost]:
         listen = [multiaddr.Multiaddr(a) for a in self.options.listen]
         async with self.host.run(listen_addrs=listen):
-            if not self.host.get_addrs():
-                raise P2PError(f"not listening on {', '.join(self.options.listen)}")
-            async with (
-                background_trio_service(self.pubsub),
-                background_trio_service(self.gossipsub),
-            ):
-                await self.pubsub.wait_until_ready()
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    if self.options.dht:
-                        self.dht = KadDHT(self.host, DHTMode.SERVER)
-                        nursery.start_soon(self._run_dht)
-                    for addr in self.options.bootstrap:
-                        nursery.start_soon(self._dial_bootstrap, addr)
-                    nursery.start_soon(self._repair_pubsub_peers)
-                    try:
-                        yield self
-                    finally:
-                        nursery.cancel_scope.cancel()
+            try:
+                if not self.host.get_addrs():
+                    raise P2PError(f"not listening on {', '.join(self.options.listen)}")
+                async with (
+                    background_trio_service(self.pubsub),
+                    background_trio_service(self.gossipsub),
+                ):
+                    await self.pubsub.wait_until_ready()
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
+                        if self.options.dht:
+                            self.dht = KadDHT(self.host, DHTMode.SERVER)
+                            nursery.start_soon(self._run_dht)
+                        for addr in self.options.bootstrap:
+                            nursery.start_soon(self._dial_bootstrap, addr)
+                        nursery.start_soon(self._repair_pubsub_peers)
+                        try:
+                            yield self
+                        except BaseException as exc:
+                            self._body_errors = {id(e) for e in leaves(exc)}
+                            raise
+                        finally:
+                            self._closing = True
+                            nursery.cancel_scope.cancel()
+            finally:
+                await self._close_connections()
+
+    def _closed_in_teardown(self, exc: BaseException) -> bool:
+        """A connection reset or closed while this host tears down (its own closes,
+        item 19, race the muxers' readers; a peer may reset as it closes too): a clean
+        stop. Never an exception raised by the code that used the host."""
+        return (
+            self._closing
+            and isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError)
+            and id(exc) not in self._body_errors
+        )
+
+    async def _close_connections(self) -> None:
+        """Close every connection before the swarm stops (adapter.py item 19).
+
+        py-libp2p's ``host.run()`` only cancels the swarm's tasks on exit: the sockets of
+        live connections stayed open in a process that lives on (a client or test host
+        closed in place), so peers kept the old connection and its pubsub stream, and a
+        new host with the same key was never heard (docs/SOAK.md, bug 3). Shielded and
+        bounded: it runs while the host is being cancelled, and a stuck close must not
+        hold the teardown."""
+        network = self.host.get_network()
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
+            for peer in list(network.connections):
+                try:
+                    await network.close_peer(peer)
+                except Exception as exc:  # already reset by the peer
+                    log.debug("event=close_peer_failed peer=%s err=%s", peer, exc)
 
     async def _run_dht(self) -> None:
         assert self.dht is not None

@@ -6,8 +6,9 @@
         provider; the provider is paid pro rata for time served; the owner can close
         at any time and gets the unused part back; a certified failure (FailureVote
         QC) reassigns the rest of the job to a later round, or refunds it after
-        MAX_REASSIGNMENTS failures. Checks-effects-interactions and one reentrancy
-        lock on every function that sends value.
+        MAX_REASSIGNMENTS failures or when less than MIN_REASSIGN seconds are left
+        (too little to find, deploy and reach another provider). Checks-effects-
+        interactions and one reentrancy lock on every function that sends value.
 """
 
 interface Staking:
@@ -99,6 +100,10 @@ FAILURE_VOTE_TYPE_HASH: constant(bytes32) = keccak256(
 
 STAKING: public(immutable(address))
 ASSIGN_TIMEOUT: public(immutable(uint256))
+# A failure certified with less paid time than this left ends the job (FAILED): the
+# provider is paid for time served and the owner refunded the rest, instead of a
+# reassignment that could not be served before the paid time runs out.
+MIN_REASSIGN: public(immutable(uint256))
 
 jobs: public(HashMap[uint256, Job])
 job_count: public(uint256)
@@ -106,9 +111,10 @@ balances: public(HashMap[address, uint256])  # credited payouts, pulled by withd
 
 
 @deploy
-def __init__(_staking: address, _assign_timeout: uint256):
+def __init__(_staking: address, _assign_timeout: uint256, _min_reassign: uint256):
     STAKING = _staking
     ASSIGN_TIMEOUT = _assign_timeout
+    MIN_REASSIGN = _min_reassign
 
 
 @view
@@ -281,11 +287,15 @@ def close(job_id: uint256):
 def fail(
     job_id: uint256, round: uint256, provider: address, sigs: DynArray[Bytes[65], MAX_CHECKERS]
 ):
-    """A FailureVote QC ends the current assignment: reassign the rest or refund it."""
+    """A FailureVote QC ends the current assignment: reassign the rest, or refund it
+    after MAX_REASSIGNMENTS failures or with less than MIN_REASSIGN seconds left."""
     job: Job = self.jobs[job_id]
     # Verify the certificate is about the current assignment
     assert job.state == ASSIGNED, "job not running"
     assert round == job.round and provider == job.provider, "not the current assignment"
+    # Verify paid time is left: after its end the job ran its course (``expire``: DONE,
+    # the provider paid to the end, as a failure would pay it), nothing to reassign or refund
+    assert block.timestamp < job.started + job.remaining, "job already ended"
     # Verify >= 2/3 of active checker stake certified the failure
     signers: DynArray[address, MAX_CHECKERS] = staticcall Staking(STAKING).quorum_signers(
         keccak256(abi_encode(FAILURE_VOTE_TYPE_HASH, job_id, round, provider)), sigs
@@ -295,7 +305,7 @@ def fail(
     left: uint256 = end - self.jobs[job_id].paid_until
     failures: uint256 = job.failures + 1
     self.jobs[job_id].failures = failures
-    if left > 0 and failures <= MAX_REASSIGNMENTS:
+    if left > 0 and left >= MIN_REASSIGN and failures <= MAX_REASSIGNMENTS:
         self.jobs[job_id].state = OPEN
         self.jobs[job_id].round = round + 1
         self.jobs[job_id].provider = empty(address)

@@ -21,6 +21,15 @@ engine carries out what the machine returns:
   proposed with what is known then. The view is refreshed before each proposal is
   fed to the machine as well (a restarted checker started its jobs before any ad came).
 - ``Decided``: ``on_decided(qc)`` runs as a task (deploy + chain submission).
+
+Round log. Each round of a job that ends without a QC is logged once
+(``event=assign_round job round leader outcome reason providers``) and counted per job
+(``round_summary``): ``no_quorum`` (a proposal was seen, no QC in time: checkers faulted,
+slow, or finding the provider ineligible), ``leader_timeout`` (no proposal came although
+this checker's view had an eligible provider: the leader is down or slow), or, when this
+checker's own view has no eligible provider, its nearest miss (``explain(spec)``:
+``no_capacity``, ``no_standing``, ``price``, ``class``, ``not_accepting``, ``stale_ad``,
+``no_ad``; docs/CHECKER.md). The checker logs the counts when a job expires unassigned.
 - ``Slash``: ``on_slash(evidence)`` (if given).
 
 Reassignment. The chain reopens a failed job at ``round + 1`` (``JobReassigned``) but
@@ -48,7 +57,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +65,7 @@ from typing import Any
 import trio
 
 from node import metrics, wire
+from node.consensus import assignment as rules
 from node.consensus.checkers import CheckerSet
 from node.consensus.evidence import Evidence
 from node.consensus.machine import (
@@ -89,6 +99,8 @@ MAX_DIRECT_FRAME = 64 * 1024
 UNREACHABLE_SECONDS = 30.0  # after a failed dial, use gossip for that checker this long
 
 View = Callable[[JobSpec], tuple[Sequence[ProviderInfo], int]]
+# (round reason, provider -> miss) of this checker's view; see CheckerService.explain
+Explain = Callable[[JobSpec], tuple[str, dict[str, str]]]
 
 # Test-only fault injection, off unless the variable names a marker file: the process
 # exits right after its first own precommit (the on-chain AssignVote) was signed (and
@@ -126,6 +138,7 @@ class AssignmentEngine:
         on_slash: Callable[[Evidence], Awaitable[None]] | None = None,
         on_message: Callable[[wire.Envelope], Awaitable[None]] | None = None,
         view: View | None = None,
+        explain: Explain | None = None,
     ) -> None:
         self.host = host
         self.identity = identity
@@ -137,6 +150,8 @@ class AssignmentEngine:
         self.on_slash = on_slash
         self.on_message_hook = on_message  # other envelope types on assign/1 (FailureVoteMsg)
         self.view = view
+        self.explain = explain
+        self._round_reasons: dict[int, Counter[str]] = {}  # job -> reason -> rounds without a QC
         self.machines: dict[int, AssignmentMachine] = {}
         self.jobs: dict[int, tuple[int, int]] = {}  # job -> (attempt, first round)
         self.decisions: dict[int, AssignQC] = {}
@@ -290,6 +305,8 @@ class AssignmentEngine:
             return
         mach = self.machine(attempt)
         self._refresh_view(mach, job_id)
+        if not propose:
+            self._note_round_end(mach, job_id, round_)
         fire = mach.on_propose_timeout if propose else mach.on_timeout
         await self._carry(job_id, fire(job_id, round_))
 
@@ -299,8 +316,39 @@ class AssignmentEngine:
             providers, epoch = self.view(job.spec)
             mach.refresh_view(job_id, providers, epoch)
 
+    def _note_round_end(self, mach: AssignmentMachine, job_id: int, round_: int) -> None:
+        """Round ``round_`` of an undecided job timed out: log and count why."""
+        job = mach.jobs.get(job_id)
+        if job is None or job.spec is None or job.qc is not None or job.round != round_:
+            return
+        leader = rules.get_leader(self.checkers, job_id, round_)
+        proposal = job.proposals.get(round_)
+        view, misses = self.explain(job.spec) if self.explain is not None else ("eligible", {})
+        if proposal is not None:
+            reason = "no_quorum"
+        elif view != "eligible":
+            reason = view
+        elif leader != self.identity.address:
+            reason = "leader_timeout"
+        else:  # we lead and had someone eligible only after the proposal was due
+            reason = "not_proposed"
+        tally = self._round_reasons.setdefault(job_id, Counter())
+        tally[reason] += 1
+        log.info(
+            "event=assign_round job=%d round=%d leader=%s reason=%s proposed=%s providers=%s",
+            job_id, round_, leader, reason, proposal.provider if proposal else "-",
+            ",".join(f"{a[:10]}:{w}" for a, w in sorted(misses.items())) or "-",
+        )  # fmt: skip
+
+    def round_summary(self, job_id: int) -> tuple[int, dict[str, int]]:
+        """Rounds of ``job_id`` that ended without a QC (since this process started or
+        the job was last reopened), and how many had each reason."""
+        tally = self._round_reasons.get(job_id, Counter())
+        return sum(tally.values()), dict(tally)
+
     def forget(self, job_id: int) -> None:
         """The job is settled on chain (assigned, closed, refunded): bound memory."""
+        self._round_reasons.pop(job_id, None)
         known = self.jobs.get(job_id)
         if known is not None:
             self.machine(known[0]).forget(job_id)

@@ -44,7 +44,7 @@ from eth_utils import keccak, to_canonical_address, to_checksum_address
 from libp2p.peer.id import ID
 
 from node import metrics, trace, wire
-from node.chain.api import JOB_ASSIGNED, JOB_OPEN, KaisarChain
+from node.chain.api import JOB_ASSIGNED, JOB_EXPIRED, JOB_FAILED, JOB_OPEN, KaisarChain
 from node.chain.errors import ChainError
 from node.chain.watcher import EventWatcher
 from node.consensus import votes
@@ -64,7 +64,7 @@ from node.consensus.qc import (
     verify_popw_qc,
     verify_popw_vote,
 )
-from node.consensus.scheduler import JobSpec, ProviderInfo
+from node.consensus.scheduler import JobSpec, ProviderInfo, round_reason, why_not_eligible
 from node.consensus.store import VoteConflict
 from node.identity import Identity
 from node.p2p import dial
@@ -240,7 +240,7 @@ class CheckerService:
         self.engine = AssignmentEngine(
             self.host, self.identity, self.domain, self.checkers, self.data_dir,
             timeout_base=self.settings.round_timeout, on_decided=self._on_decided,
-            on_message=self._on_assign_message, view=self.view,
+            on_message=self._on_assign_message, view=self.view, explain=self.explain,
         )  # fmt: skip
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -326,6 +326,22 @@ class CheckerService:
             )
         return out, self.epoch()
 
+    def explain(self, spec: JobSpec) -> tuple[str, dict[str, str]]:
+        """Why this checker's view has no provider to propose for ``spec``: the round's
+        reason (``scheduler.round_reason``: "eligible" if some provider is) and each
+        provider's miss, over every provider an ad was ever heard from."""
+        providers, epoch = self.view(spec)
+        fresh = {p.address: p for p in providers}
+        now = self.clock()
+        misses: dict[str, str] = {}
+        for address, ad in self.ads.items():
+            p = fresh.get(address)
+            if p is not None:
+                misses[address] = why_not_eligible(spec, p, epoch)
+            else:
+                misses[address] = "stale_ad" if ad.expiry <= now else "not_accepting"
+        return round_reason(misses.values()), misses
+
     async def _on_ad(self, env: wire.Envelope, peer: ID) -> None:
         b = env.body  # the envelope signer is the provider (the host checked it)
         self.ads[env.signer] = Ad(
@@ -396,6 +412,19 @@ class CheckerService:
                     self._note_assigned(job_id, job.provider, job.round, job.count)
                     self.engine.forget(job_id)
         elif ev.name == "JobClosed":
+            state = int(ev.args.get("state", 0))
+            if state == JOB_EXPIRED:
+                # never assigned in its window: say why, per round, for soaks and operators
+                rounds, reasons = self.engine.round_summary(job_id)
+                log.info(
+                    "event=job_unassigned job=%d rounds=%d reasons=%s", job_id, rounds,
+                    ",".join(f"{k}:{v}" for k, v in sorted(reasons.items())) or "none",
+                )  # fmt: skip
+            elif state == JOB_FAILED:
+                log.info(
+                    "event=job_failed job=%d provider_paid=%d refund=%d", job_id,
+                    int(ev.args.get("provider_paid", 0)), int(ev.args.get("refund", 0)),
+                )  # fmt: skip
             self.assigned.pop(job_id, None)
             self._counts.pop(job_id, None)
             self.engine.forget(job_id)
@@ -534,6 +563,8 @@ class CheckerService:
         job = await self.chain.get_job(job_id)
         if job.state != JOB_ASSIGNED or job.round != round_ or job.provider != provider:
             return  # the contract only takes the current assignment
+        if self.clock() >= job.started + job.remaining:
+            return  # its paid time is over: it ran its course (Escrow.fail refuses it now)
         if (job_id, round_) in self._signed_failure:
             return
         self._signed_failure.add((job_id, round_))
