@@ -400,3 +400,8 @@ def test_client_push_handler_positive_control(push_client):
     assert push_client._pushed == {}
     run_handler(lambda f, _p: push_client._on_push(f, PUSHER.peer_id), frame, [], timeout=1.0)
     assert list(push_client._pushed) == [(WAITED_JOB, PUSHER.address)]
+    # a push without QC signatures (found by the fuzzer: ``qc_sigs = []``) is not kept
+    push_client._pushed.clear()
+    empty = {**frame, "qc_sigs": []}
+    run_handler(lambda f, _p: push_client._on_push(f, PUSHER.peer_id), empty, [], timeout=1.0)
+    assert push_client._pushed == {}

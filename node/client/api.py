@@ -266,10 +266,10 @@ class Client:
             if type(obj) is not dict or obj.get("t") != "status":
                 raise ValueError("not a status frame")
             sigs = obj.get("qc_sigs")
-            if type(sigs) is not list or len(sigs) > MAX_PUSH_SIGS or not all(
+            if type(sigs) is not list or not 0 < len(sigs) <= MAX_PUSH_SIGS or not all(
                 type(x) is bytes and len(x) == 65 for x in sigs
-            ):
-                raise ValueError("qc_sigs must be a list of 65-byte signatures")
+            ):  # a pushed status is a deployed one: it always comes with its QC
+                raise ValueError("qc_sigs must be a list of 1 or more 65-byte signatures")
             env = wire.decode(
                 obj.get("status", b""),
                 domain=self.host.domain,
