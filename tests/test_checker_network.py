@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from contextlib import asynccontextmanager
+
 import trio
 from eth_utils import keccak
 from test_checker_helpers import FAST, FAST_CLASSES, HonestProvider
@@ -19,6 +22,20 @@ ETHER = 10**18
 
 def ident(label: str) -> Identity:
     return Identity(keccak(label.encode()))
+
+
+@asynccontextmanager
+async def checker_beside_a_provider(kc, checker, provider, tmp_path):
+    """One checker service (PoPW off: only the chain can tell standing) and one provider
+    publishing honest ads, on two hosts; yields the service; all of it is cancelled on exit."""
+    settings = dataclasses.replace(FAST, popw=False)
+    async with start_network(2, identities=[checker, provider], domain=kc.domain) as hosts:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(HonestProvider(hosts[1], kc).run)
+            svc = CheckerService(hosts[0], hosts[0].identity, kc, tmp_path / "c", settings, classes=FAST_CLASSES)
+            await nursery.start(svc.run)
+            yield svc
+            nursery.cancel_scope.cancel()
 
 
 async def test_four_checkers_assign_ten_jobs_with_one_killed(tmp_path):
@@ -191,7 +208,6 @@ async def test_a_restarted_checker_takes_popw_standing_from_the_chain(tmp_path):
     so it can prevote a proposal at once (in the churn soak, a restarted checker found
     no provider eligible for up to a minute; with one more checker down, 4 checkers
     had no quorum and jobs were never assigned)."""
-    import dataclasses
 
     from node.consensus.checkers import make_checker_set
     from node.consensus.qc import build_popw_qc, sign_popw_vote
@@ -208,26 +224,19 @@ async def test_a_restarted_checker_takes_popw_standing_from_the_chain(tmp_path):
     qc = build_popw_qc(kc.domain, cset, signed, 0)
     assert qc is not None
     await kc.submit_popw(checkers[0], 0, provider.address, cls, qc.signatures)  # Certified
-    settings = dataclasses.replace(FAST, popw=False)  # no PoPW here: only the chain can tell
-    async with start_network(2, identities=[checkers[3], provider], domain=kc.domain) as hosts:
-        async with trio.open_nursery() as nursery:
-            ads = HonestProvider(hosts[1], kc)
-            await nursery.start(ads.run)
-            svc = CheckerService(hosts[0], hosts[0].identity, kc, tmp_path / "c", settings, classes=FAST_CLASSES)
-            await nursery.start(svc.run)
-            with trio.fail_after(10):
-                while provider.address not in svc.standing or provider.address not in svc.ads:
-                    await trio.sleep(0.05)
-            assert svc.standing[provider.address] == 0 == svc.epoch()
-            owner = ident("std-owner")
-            await dev.fund(owner.address)
-            job = await kc.create_job(
-                owner, spec_hash=b"\x01" * 32, gpu_class=cls, count=1, image="busybox", port=8080,
-                duration=600, price_per_second=10**9,
-            )  # fmt: skip
-            view, epoch = svc.view(job_spec(await kc.get_job(job)))
-            assert [p.address for p in view if has_popw_standing(p, epoch)] == [provider.address]
-            nursery.cancel_scope.cancel()
+    async with checker_beside_a_provider(kc, checkers[3], provider, tmp_path) as svc:
+        with trio.fail_after(10):
+            while provider.address not in svc.standing or provider.address not in svc.ads:
+                await trio.sleep(0.05)
+        assert svc.standing[provider.address] == 0 == svc.epoch()
+        owner = ident("std-owner")
+        await dev.fund(owner.address)
+        job = await kc.create_job(
+            owner, spec_hash=b"\x01" * 32, gpu_class=cls, count=1, image="busybox", port=8080,
+            duration=600, price_per_second=10**9,
+        )  # fmt: skip
+        view, epoch = svc.view(job_spec(await kc.get_job(job)))
+        assert [p.address for p in view if has_popw_standing(p, epoch)] == [provider.address]
 
 
 async def test_no_failure_vote_after_paid_time_and_explain_names_the_miss(tmp_path):
@@ -235,7 +244,6 @@ async def test_no_failure_vote_after_paid_time_and_explain_names_the_miss(tmp_pa
     fresh ad without PoPW standing is no_standing, an expired one stale_ad. And a checker
     signs no FailureVote once the assignment's paid time is over (the job ran its
     course; Escrow.fail refuses it then), but does while it runs."""
-    import dataclasses
 
     from node.roles.checker.service import job_spec
 
@@ -243,34 +251,27 @@ async def test_no_failure_vote_after_paid_time_and_explain_names_the_miss(tmp_pa
     provider = ident("late-provider")
     dev = await start_embedded([GenesisChecker(c, c, ETHER) for c in checkers])
     kc = dev.chain
-    settings = dataclasses.replace(FAST, popw=False)
-    async with start_network(2, identities=[checkers[3], provider], domain=kc.domain) as hosts:
-        async with trio.open_nursery() as nursery:
-            ads = HonestProvider(hosts[1], kc)
-            await nursery.start(ads.run)
-            svc = CheckerService(hosts[0], hosts[0].identity, kc, tmp_path / "c", settings, classes=FAST_CLASSES)
-            await nursery.start(svc.run)
-            with trio.fail_after(30):  # the first ad crosses the mesh once it forms (slow under load)
-                while provider.address not in svc.ads:
-                    await trio.sleep(0.05)
-            owner = ident("late-owner")
-            await dev.fund(owner.address)
-            job = await kc.create_job(
-                owner, spec_hash=b"\x01" * 32, gpu_class=votes.gpu_class_id("cpu"), count=1,
-                image="busybox", port=8080, duration=600, price_per_second=10**9,
-            )  # fmt: skip
-            spec = job_spec(await kc.get_job(job))
-            assert svc.explain(spec) == ("no_standing", {provider.address: "no_standing"})
-            svc.standing[provider.address] = svc.epoch()
-            assert svc.explain(spec)[0] == "eligible"
-            real = svc.clock
-            svc.clock = lambda: real() + 3600  # past the ad's expiry and the job's end
-            assert svc.explain(spec) == ("stale_ad", {provider.address: "stale_ad"})
-            digest = votes.assign_digest(kc.domain, job, 0, provider.address)
-            await kc.assign(checkers[0], job, 0, provider.address, [votes.sign(c, digest) for c in checkers[:3]])
-            await svc._suspect(job, 0, provider.address, "missed heartbeats")
-            assert (job, 0) not in svc._signed_failure  # after the end: no vote
-            svc.clock = real
-            await svc._suspect(job, 0, provider.address, "missed heartbeats")
-            assert (job, 0) in svc._signed_failure  # while it runs: the vote is signed
-            nursery.cancel_scope.cancel()
+    async with checker_beside_a_provider(kc, checkers[3], provider, tmp_path) as svc:
+        with trio.fail_after(30):  # the first ad crosses the mesh once it forms (slow under load)
+            while provider.address not in svc.ads:
+                await trio.sleep(0.05)
+        owner = ident("late-owner")
+        await dev.fund(owner.address)
+        job = await kc.create_job(
+            owner, spec_hash=b"\x01" * 32, gpu_class=votes.gpu_class_id("cpu"), count=1,
+            image="busybox", port=8080, duration=600, price_per_second=10**9,
+        )  # fmt: skip
+        spec = job_spec(await kc.get_job(job))
+        assert svc.explain(spec) == ("no_standing", {provider.address: "no_standing"})
+        svc.standing[provider.address] = svc.epoch()
+        assert svc.explain(spec)[0] == "eligible"
+        real = svc.clock
+        svc.clock = lambda: real() + 3600  # past the ad's expiry and the job's end
+        assert svc.explain(spec) == ("stale_ad", {provider.address: "stale_ad"})
+        digest = votes.assign_digest(kc.domain, job, 0, provider.address)
+        await kc.assign(checkers[0], job, 0, provider.address, [votes.sign(c, digest) for c in checkers[:3]])
+        await svc._suspect(job, 0, provider.address, "missed heartbeats")
+        assert (job, 0) not in svc._signed_failure  # after the end: no vote
+        svc.clock = real
+        await svc._suspect(job, 0, provider.address, "missed heartbeats")
+        assert (job, 0) in svc._signed_failure  # while it runs: the vote is signed
