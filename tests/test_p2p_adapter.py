@@ -168,3 +168,15 @@ def test_teardown_race_log_records_are_filtered():
     assert f.filter(record(RuntimeError("other"))) and f.filter(record(None))
     mixed = ExceptionGroup("z", [race, ValueError("real")])
     assert f.filter(record(mixed))  # a real error alongside is still shown
+
+
+def test_pubsub_seqnos_do_not_repeat_after_a_restart():
+    """Item 20: a node restarted with its key must not reuse the (from, seqno) pairs of
+    its earlier life, or peers drop its gossip as equivocation and graylist it."""
+    from node.p2p.host import HostOptions, KaisarHost
+
+    key = Identity.generate()
+    first = KaisarHost(key, network="devnet", domain=DEVNET_DOMAIN, options=HostOptions(dht=False))
+    used = {first.pubsub._next_seqno() for _ in range(50)}  # 50 messages in under a second
+    again = KaisarHost(key, network="devnet", domain=DEVNET_DOMAIN, options=HostOptions(dht=False))
+    assert not used & {again.pubsub._next_seqno() for _ in range(50)}

@@ -130,6 +130,17 @@ covered by a test in tests/test_p2p_adapter.py that fails without it.
    readers (and a socket closed with unread data sends a reset), so a
    ``BrokenResourceError`` / ``ClosedResourceError`` from the host's own teardown is a
    clean stop (``KaisarHost._closed_in_teardown``, logged ``host_teardown_reset``).
+20. Pubsub sequence numbers repeat after a restart. ``Pubsub.counter`` starts at
+   ``int(time.time())`` (seconds) and counts one per published message, so a node that
+   published more messages than seconds it ran (a checker's votes and attestations, a
+   provider's ads and statuses) restarts below its old counter and reuses
+   (from, seqno) pairs its peers remember. GossipSub's equivocation check then refuses
+   to forward those messages and penalises the publisher 100 points each, enough to
+   graylist it (seen in the 30-minute soak: "Equivocation detected from peer ..." for a
+   restarted node). ``KaisarHost`` starts the counter at the time in microseconds
+   (``initial_pubsub_seqno``): unique across restarts unless a node publishes more
+   than a million messages a second (test: tests/test_p2p_adapter.py,
+   ``test_pubsub_seqnos_do_not_repeat_after_a_restart``).
 """
 
 from __future__ import annotations
@@ -305,6 +316,11 @@ def content_msg_id(msg) -> bytes:
     import hashlib
 
     return hashlib.sha256(msg.data).digest()
+
+
+def initial_pubsub_seqno() -> int:
+    """First pubsub sequence number of a host (item 20): microseconds since the epoch."""
+    return time.time_ns() // 1000
 
 
 def pubsub_kwargs() -> dict:

@@ -127,6 +127,7 @@ class KaisarHost:
             protocols=GOSSIPSUB_PROTOCOLS, **adapter.gossipsub_kwargs(options.gossip)
         )
         self.pubsub = Pubsub(self.host, self.gossipsub, **adapter.pubsub_kwargs())
+        self.pubsub.counter = adapter.initial_pubsub_seqno()  # adapter.py item 20
         self.dht: KadDHT | None = None
         self._nursery: trio.Nursery | None = None
         self._closing = False  # the body is done: the host is tearing down
