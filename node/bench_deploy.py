@@ -183,7 +183,9 @@ async def deploy_once(s: Any, client: Any, emit: Any, rec: trace.Recorder) -> di
     return run
 
 
-async def run_bench(jobs: int = 5, emit: Any = lambda run: None) -> dict[str, Any]:
+async def run_bench(
+    jobs: int = 5, emit: Any = lambda run: None, chain: str = "embedded"
+) -> dict[str, Any]:
     from node.roles.provider.engine import ensure_engine
 
     docker_host = await trio.to_thread.run_sync(ensure_engine)
@@ -191,7 +193,7 @@ async def run_bench(jobs: int = 5, emit: Any = lambda run: None) -> dict[str, An
     load_before = os.getloadavg()
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="kaisar-bench-deploy-") as tmp:
-        await _deploy_runs(Path(tmp), jobs, emit, runs)
+        await _deploy_runs(Path(tmp), jobs, emit, runs, chain)
     totals = [r["total_s"] for r in runs]
     med, floor_med = statistics.median(totals), statistics.median(floors)
     names = [k for k in STEP_ORDER if any(k in r["steps_ms"] for r in runs)]
@@ -201,6 +203,7 @@ async def run_bench(jobs: int = 5, emit: Any = lambda run: None) -> dict[str, An
     }
     return {
         "jobs": jobs,
+        "chain": chain,
         "median_s": round(med, 3),
         "p95_s": round(p95(totals), 3),
         "floor_median_s": round(floor_med, 3),
@@ -214,11 +217,13 @@ async def run_bench(jobs: int = 5, emit: Any = lambda run: None) -> dict[str, An
     }
 
 
-async def _deploy_runs(workdir: Path, jobs: int, emit: Any, runs: list[dict[str, Any]]) -> None:
+async def _deploy_runs(
+    workdir: Path, jobs: int, emit: Any, runs: list[dict[str, Any]], chain: str
+) -> None:
     from node.client.api import Client
     from node.devnet_stack import open_stack
 
-    async with open_stack(workdir=workdir, explorer=False) as s:
+    async with open_stack(workdir=workdir, explorer=False, chain=chain) as s:
         assert s.user is not None
         client = Client(s.user, s.user_host, s.chain, ad_wait=15.0, poll_interval=0.2)
         await client.start()

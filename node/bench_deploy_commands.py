@@ -12,6 +12,13 @@ def register_bench(bench) -> None:
         help="purchase transaction -> first byte through the tunnel vs plain docker run",
     )
     d.add_argument("--jobs", type=int, default=5, help="jobs measured (median, p95)")
+    d.add_argument(
+        "--chain",
+        choices=["embedded", "anvil"],
+        default="embedded",
+        help="embedded: eth-tester in the devnet's process (default); anvil: a local anvil "
+        "process (scripts/install-anvil.sh), as a real network's chain is outside the nodes",
+    )
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_deploy)
 
@@ -33,13 +40,13 @@ def cmd_deploy(args) -> int:
             flush=True,
         )
 
-    out = trio.run(run_bench, args.jobs, emit)
+    out = trio.run(run_bench, args.jobs, emit, args.chain)
     if args.json:
         print(json.dumps(out))
     else:
         print(
             f"deploy: median={out['median_s']:.3f}s p95={out['p95_s']:.3f}s "
             f"floor_median={out['floor_median_s']:.3f}s ratio={out['ratio']} "
-            f"(jobs={out['jobs']}, load {out['loadavg_before']})"
+            f"(jobs={out['jobs']}, chain {out['chain']}, load {out['loadavg_before']})"
         )
     return 0
