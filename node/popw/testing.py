@@ -16,6 +16,7 @@ from node.popw import prg
 from node.popw.backends import Backend, NumpyBackend, StepCallback
 from node.popw.challenge import HALF_MODULUS, MODULUS, Challenge, advance
 from node.popw.prover import Commitment, Opening, Prover
+from node.popw.verifier import recompute_rows
 
 
 class TamperingBackend:
@@ -214,10 +215,7 @@ class SolvingProver(Prover):
                 index,
                 rng.integers(-HALF_MODULUS, HALF_MODULUS + 1, (ch.n, ch.n)).astype(np.float32),
             )
-            x = z[first : first + rows.shape[0]]
-            for _ in range(ch.stride):
-                x = advance(x, b)
-            return x.astype(np.int8)
+            return recompute_rows(z[first : first + rows.shape[0]], b, ch.stride)
 
         self.backend = TamperingBackend(NumpyBackend(), tamper)
         return super().commit(ch)
@@ -238,8 +236,11 @@ def matrix_power_mod(b: np.ndarray, e: int, p: int = MODULUS) -> tuple[np.ndarra
     products = 0
     while e:
         if e & 1:
-            result = base if result is None else (result @ base) % p
-            products += result is not base
+            if result is None:
+                result = base
+            else:
+                result = (result @ base) % p
+                products += 1
         e >>= 1
         if e:
             base = (base @ base) % p
