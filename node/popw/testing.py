@@ -184,10 +184,8 @@ class LastStepLazyProver(Prover):
                 x = np.frombuffer(op.prev, np.int8).astype(np.float32)[None, :]
                 if op.commit == 1:
                     x = prg.matrix_rows(ch.seed, b"A", ch.n, [op.row])
-                for _ in range(ch.stride):
-                    x = advance(x, b)
-                fake = [os.urandom(32) for _ in range(ch.proof_len)]
-                op = replace(op, cur=x.astype(np.int8)[0].tobytes(), proof=fake)
+                cur = recompute_rows(x, b, ch.stride)[0].tobytes()
+                op = replace(op, cur=cur, proof=[os.urandom(32) for _ in range(ch.proof_len)])
             out.append(op)
         return out
 
