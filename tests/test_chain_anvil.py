@@ -168,3 +168,29 @@ async def test_open_checks_the_deployment(anvil, tmp_path):
     assert (await kc.active_checkers()).node_keys == ()
     with pytest.raises(DeploymentMismatch, match="chain id"):
         await KaisarChain.open(anvil, Deployment(**{**dep.__dict__, "chain_id": 9}))
+
+
+CLOCK_SOURCE = """
+@external
+def after(t: uint256):
+    assert block.timestamp >= t, "too early"
+"""
+
+
+async def test_time_checks_run_at_the_next_blocks_time_on_an_idle_chain(anvil):
+    """anvil mines only on demand, so after an idle spell the latest block is old. A
+    transaction whose guard depends on time (Escrow.expire after the paid time) must be
+    estimated for the block it goes into: estimated on "latest" it reverted "job still
+    running" for as long as nothing else mined (the soak's job 75)."""
+    from node.chain.compile import compile_source
+
+    client = ChainClient.connect(anvil)
+    art = compile_source("Clock", CLOCK_SOURCE)
+    clock = client.contract(await client.deploy(FAUCET, art.abi, art.bytecode), art.abi)
+    latest = (await client.run(client.w3.eth.get_block, "latest"))["timestamp"]
+    await trio.sleep(2.2)  # idle: no block is mined meanwhile
+    assert (await client.run(client.w3.eth.get_block, "latest"))["timestamp"] == latest
+    receipt = await client.transact(FAUCET, clock.functions.after(latest + 2))
+    assert receipt["status"] == 1
+    with pytest.raises(ChainRevert, match="too early"):  # the guard still guards
+        await client.transact(FAUCET, clock.functions.after(latest + 3600))

@@ -320,11 +320,11 @@ class Sender:
                 # surfaces the revert reason and a fixed limit does the rest.
                 self._dry_run(fn, value, name)
                 gas = EMBEDDED_GAS
-            if gas is not None:
-                base["gas"] = gas
+            # a placeholder limit stops build_transaction from estimating on "latest"
+            base["gas"] = gas if gas is not None else EMBEDDED_GAS
             tx = self._contract_call(fn.build_transaction, name, value, base)
             if gas is None:
-                tx["gas"] = int(int(tx["gas"]) * GAS_MARGIN) + GAS_HEADROOM  # type: ignore[call-overload]
+                tx["gas"] = self._estimate({k: v for k, v in tx.items() if k != "gas"}, name)
         self._check_funds(tx)
         raw = self._account.sign_transaction(tx).raw_transaction
         txhash = self._broadcast_sync(raw)
@@ -361,7 +361,14 @@ class Sender:
         return {"maxPriorityFeePerGas": tip, "maxFeePerGas": int(base_fee) * 2 + tip}
 
     def _estimate(self, tx: dict, name: str) -> int:
-        est = self._contract_call(self.client.w3.eth.estimate_gas, name, tx["value"], tx)
+        """Gas for ``tx`` in the block it will be mined in ("pending"). The default,
+        "latest", runs it at the last block's timestamp: on a chain that mines only on
+        demand (anvil) and has been idle, a call that depends on time (Escrow.expire
+        after the paid time) reverts "job still running" there, forever, since nothing
+        else mines a block (docs/SOAK.md, job 75)."""
+        # (eth-tester does not take a block here; its time moves only when told to)
+        block = () if self.client.embedded is not None else ("pending",)
+        est = self._contract_call(self.client.w3.eth.estimate_gas, name, tx["value"], tx, *block)
         return int(est * GAS_MARGIN) + GAS_HEADROOM
 
     def _check_funds(self, tx: dict) -> None:
