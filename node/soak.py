@@ -96,13 +96,26 @@ class Track:
     outcome: str = ""
     note: str = ""
     history: list[str] = field(default_factory=list)  # what the follower saw, for a lost job
+    _last: str = ""  # the last step said, its history line, and how often in a row
+    _line: str = ""
+    _repeats: int = 0
 
     def say(self, what: str) -> None:
-        """Remember a step (seconds since bought); the last few explain a lost job."""
+        """Remember a step (seconds since bought) for a lost job's report: a step said
+        again in a row updates one line ("... xN, last at T"), and the first 15 steps
+        are kept besides the last 25, so a retry loop at the end (the drain's expire
+        attempts) cannot push out how the job got there."""
         self.note = what[:200]
         log.info("event=soak_job job=%d %s", self.job_id, what[:300])
-        self.history.append(f"{time.time() - self.bought:.1f}s {what[:160]}")
-        del self.history[:-40]
+        at = f"{time.time() - self.bought:.1f}s"
+        if what == self._last and self.history:
+            self._repeats += 1
+            self.history[-1] = f"{self._line} (x{self._repeats}, last at {at})"
+            return
+        self._last, self._line, self._repeats = what, f"{at} {what[:160]}", 1
+        self.history.append(self._line)
+        if len(self.history) > 40:
+            del self.history[15]
 
 
 @dataclass
@@ -439,6 +452,18 @@ class Soak:
             rounds.update(found or {})
         return dict(jobs), dict(rounds)
 
+    async def _chain_record(self, job_id: int) -> str:
+        """The job as the chain has it now, next to the latest block's time."""
+        chain = self.net.chain
+        try:
+            job = await chain.get_job(job_id)
+            block = await chain.client.run(chain.client.w3.eth.get_block, "latest")
+        except Exception as exc:
+            return f"unreadable: {exc}"[:200]
+        return (f"{JOB_STATE.get(job.state, job.state)} r{job.round} provider {job.provider[:10]} "
+                f"failures {job.failures} started {job.started} remaining {job.remaining} "
+                f"block {block['number']} at {block['timestamp']} (wall {time.time():.0f})")  # fmt: skip
+
     async def report(self, started: float) -> dict[str, Any]:
         mismatch, paid = await self.escrow_mismatch()
         counts = {"served": 0, "reassigned": 0, "refunded": 0, "lost": 0}
@@ -449,6 +474,7 @@ class Soak:
             if t.outcome == "lost":
                 lost.append({"job": t.job_id, "final": t.final or "unfinished",
                              "served_rounds": sorted(t.served), "note": t.note,
+                             "chain": await self._chain_record(t.job_id),
                              "history": t.history})  # fmt: skip
         kinds: dict[str, int] = {}
         for f in self.faults:

@@ -1,0 +1,52 @@
+"""The soak's per-job history, the evidence a lost job is reported with (issue #10)."""
+
+from node.soak import Track
+
+pytest_plugins = ["chain_fixtures"]  # the world fixture (an embedded chain)
+
+
+def test_a_retry_loop_does_not_push_out_how_the_job_got_there():
+    t = Track(job_id=75, bought=0.0, duration=60, close_early=False, hold=1.0)
+    t.say("chain open r0")
+    t.say("chain assigned r0 0xabc")
+    t.say("served r0 by 0xabc")
+    for _ in range(200):  # the drain's expire attempts
+        t.say("transaction reverted: expire: job still running")
+    t.say("did not end in time")
+    assert [h.split(" ", 1)[1] for h in t.history[:3]] == [
+        "chain open r0", "chain assigned r0 0xabc", "served r0 by 0xabc",
+    ]  # fmt: skip
+    assert "(x200, last at" in t.history[3] and len(t.history) == 5
+    assert t.note == "did not end in time"
+
+
+def test_a_long_history_keeps_its_start_and_its_end():
+    t = Track(job_id=1, bought=0.0, duration=60, close_early=False, hold=1.0)
+    for i in range(100):
+        t.say(f"step {i}")
+    steps = [h.split(" ", 1)[1] for h in t.history]
+    assert len(steps) == 40
+    assert steps[:15] == [f"step {i}" for i in range(15)]
+    assert steps[15:] == [f"step {i}" for i in range(75, 100)]
+
+
+async def test_a_lost_jobs_report_names_its_chain_record(world):
+    """The chain's view of a lost job next to the latest block's time (job 75 looked
+    "still running" to a chain whose latest block was old)."""
+    from types import SimpleNamespace
+
+    from node.chain.errors import ChainUnavailable
+    from node.soak import Soak, SoakSettings
+
+    job = world.create_job(duration=100)
+    world.assign(job)
+    soak = Soak(SimpleNamespace(chain=world.kc), SoakSettings())
+    record = await soak._chain_record(job)
+    assert record.startswith("assigned r0 provider ") and "remaining 100 " in record
+    assert " block " in record and " at " in record
+
+    async def down(job_id):
+        raise ChainUnavailable("connection refused")
+
+    soak.net = SimpleNamespace(chain=SimpleNamespace(get_job=down))
+    assert await soak._chain_record(job) == "unreadable: connection refused"
