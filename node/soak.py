@@ -138,6 +138,7 @@ class Soak:
         self.faulted: dict[str, Fault] = {}  # node name -> current fault
         self.healthy_since: dict[str, float] = {}  # node name -> end of its last fault
         self.double: set[int] = set()
+        self.sample_errors = 0  # docker looks that failed (sample)
         self.not_bought = 0
         self.errors: list[str] = []
         self.live = 0
@@ -224,26 +225,40 @@ class Soak:
         import docker
 
         client = await trio.to_thread.run_sync(lambda: docker.DockerClient(base_url=docker_host))
-        names = {p.address: p.name for p in self.net.providers}
         try:
             while True:
-                running = await trio.to_thread.run_sync(
-                    lambda: client.containers.list(filters={"label": "kaisar.job"})
-                )
-                now = time.time()
-                by_job: dict[int, set[str]] = {}
-                for c in running:
-                    node = c.labels.get("kaisar.node", "")
-                    if node in names:
-                        by_job.setdefault(int(c.labels["kaisar.job"]), set()).add(names[node])
-                for job, nodes in by_job.items():
-                    if len([n for n in nodes if self._healthy(n, now)]) > 1:
-                        if job not in self.double:
-                            log.warning("event=soak_double job=%d nodes=%s", job, sorted(nodes))
-                        self.double.add(job)
+                await self.sample(client)
                 await trio.sleep(2.0)
         finally:
             client.close()
+
+    async def sample(self, client: Any) -> None:
+        """One look at the running job containers; a job on two healthy providers is
+        double-assigned. A failed look is logged and skipped, never the soak's end: a
+        container removed between docker's list and its inspect once ended a 30-minute
+        soak after 3 minutes (404 "No such container")."""
+        import docker
+
+        names = {p.address: p.name for p in self.net.providers}
+        try:
+            running = await trio.to_thread.run_sync(
+                lambda: client.containers.list(filters={"label": "kaisar.job"}, ignore_removed=True)
+            )
+        except (docker.errors.DockerException, OSError) as exc:
+            self.sample_errors += 1
+            log.warning("event=soak_sample_failed err=%s", exc)
+            return
+        now = time.time()
+        by_job: dict[int, set[str]] = {}
+        for c in running:
+            node = c.labels.get("kaisar.node", "")
+            if node in names:
+                by_job.setdefault(int(c.labels["kaisar.job"]), set()).add(names[node])
+        for job, nodes in by_job.items():
+            if len([n for n in nodes if self._healthy(n, now)]) > 1:
+                if job not in self.double:
+                    log.warning("event=soak_double job=%d nodes=%s", job, sorted(nodes))
+                self.double.add(job)
 
     # jobs -------------------------------------------------------------------------------------
 
@@ -506,6 +521,7 @@ class Soak:
             "errors": self.errors[:20],
             "lost_jobs": lost[:20],
             "double_jobs": sorted(self.double)[:20],
+            "sample_errors": self.sample_errors,
             "wall_s": round(time.time() - started, 1),
         }
 

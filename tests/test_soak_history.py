@@ -50,3 +50,33 @@ async def test_a_lost_jobs_report_names_its_chain_record(world):
 
     soak.net = SimpleNamespace(chain=SimpleNamespace(get_job=down))
     assert await soak._chain_record(job) == "unreadable: connection refused"
+
+
+async def test_a_failed_docker_look_is_skipped_and_the_next_one_counts():
+    """The double-assignment sampler outlives a container removed mid-list (docker's
+    404), which once ended a 30-minute soak after 3 minutes."""
+    from types import SimpleNamespace
+
+    import docker
+
+    from node.soak import Soak, SoakSettings
+
+    providers = [SimpleNamespace(address="0xaa", name="p0"), SimpleNamespace(address="0xbb", name="p1")]
+    on_two = [SimpleNamespace(labels={"kaisar.job": "7", "kaisar.node": a}) for a in ("0xaa", "0xbb")]
+    answers = [docker.errors.NotFound("No such container: eaeebc71"), on_two]
+    calls = []
+
+    def listing(**kw):
+        calls.append(kw)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    soak = Soak(SimpleNamespace(providers=providers), SoakSettings())
+    client = SimpleNamespace(containers=SimpleNamespace(list=listing))
+    await soak.sample(client)
+    assert soak.sample_errors == 1 and soak.double == set()
+    await soak.sample(client)
+    assert soak.double == {7}
+    assert all(kw.get("ignore_removed") for kw in calls)
