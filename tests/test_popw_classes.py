@@ -101,3 +101,19 @@ def test_load_errors_are_user_errors(tmp_path):
         load_table(p)
     with pytest.raises(ClassTableError, match="unknown GPU class"):
         parse_table(GOOD).get("tpu")
+
+
+def test_default_stride_commits_no_more_often_than_min_commit_work():
+    from node.popw.challenge import MAX_AUTO_STRIDE, MIN_COMMIT_MACS, commit_stride
+
+    assert [commit_stride(n) for n in (64, 256, 512, 1024, 2048, 8192)] == [16, 16, 2, 1, 1, 1]
+    for n in (16, 32, 64, 128, 256, 512, 1024, 2048, 4096):
+        s = commit_stride(n)
+        assert s == MAX_AUTO_STRIDE or s * n**3 >= MIN_COMMIT_MACS
+        assert s == 1 or (s // 2) * n**3 < MIN_COMMIT_MACS  # the smallest such power of two
+    # a class without a stride gets its size's; one with a stride keeps it
+    small = {**GOOD, "classes": {"small": {"tflops": 0.01, "memory_gb": 4, "n": 256},
+                                 "set": {"tflops": 0.01, "memory_gb": 4, "n": 256, "stride": 1}}}  # fmt: skip
+    table = parse_table(small)
+    assert table.get("small").stride == 16 and table.get("set").stride == 1
+    assert parse_table(GOOD).get("cpu").stride == 1

@@ -74,6 +74,9 @@ def test_bench_json_fields(tiny, capsys):
         # the numpy baseline cut into the prover's row bands, next to the BLAS's own
         assert r["banded_matmul_s"] > 0 and r["prover_over_banded_matmul"] > 0
         assert r["bands"] >= 1
+        # committed at the stride a checker sends at this size, every step shown beside
+        assert r["stride"] == 16 and r["rounds"] % 16 == 0
+        assert r["prover_over_matmul_stride_1"] > 0
     assert 0 < out["duty_cycle"]["fraction"] < 1
 
 

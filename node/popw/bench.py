@@ -5,6 +5,10 @@ work as the "cpu" class challenge (rounds capped at MAX_BENCH_ROUNDS); per repet
 honest prover runs, then the backend's bare matmul of the same rounds x n^3, then the
 checker's verification (draw k openings, prover opens, check). Figures use the fastest
 repetition of each (least disturbed by other processes on a shared machine).
+
+Each size is committed at ``commit_stride(n)`` (16 at n = 256, 1 from n = 1024 on), the
+stride a checker sends at that size; where that is above 1 the row also gives
+``prover_over_matmul_stride_1``, the same chain committed at every step.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 from typing import Any
 
 from node.popw.backends import Backend, NumpyBackend
-from node.popw.challenge import MAX_COMMITS, new_challenge, work_flops
+from node.popw.challenge import MAX_COMMITS, commit_stride, new_challenge, work_flops
 from node.popw.classes import ClassTable, rounds_for
 from node.popw.prover import Prover
 from node.popw.verifier import check_commit, check_openings, draw_openings
@@ -30,14 +34,17 @@ def measure_size(
 ) -> dict[str, Any]:
     prover = Prover(backend)
     rng = random.Random(seed)
-    ch = new_challenge(n, rounds, deadline=600.0)
+    stride = commit_stride(n)  # what a checker sends at this size (challenge.py)
+    rounds = math.ceil(rounds / stride) * stride
     # warm-up with the same shape: workspace, storage, band threads, BLAS threads (a
     # provider answers many challenges of its class; only the first one allocates)
-    prover.commit(new_challenge(n, rounds, deadline=600.0))
+    prover.commit(new_challenge(n, rounds, 600.0, stride))
     banded = getattr(backend, "banded_matmul_seconds", None)
-    prover_s, bare_s, banded_s, checker_cpu_s = [], [], [], []
+    prover_s, bare_s, banded_s, checker_cpu_s, every_step_s = [], [], [], [], []
     for _ in range(reps):
-        ch = new_challenge(n, rounds, deadline=600.0)
+        if stride > 1:  # the same chain committed at every step, for comparison
+            every_step_s.append(prover.commit(new_challenge(n, rounds, 600.0)).elapsed)
+        ch = new_challenge(n, rounds, 600.0, stride)
         commit = prover.commit(ch)
         prover_s.append(commit.elapsed)
         bare_s.append(backend.bare_matmul_seconds(n, rounds))
@@ -58,6 +65,7 @@ def measure_size(
     row: dict[str, Any] = {
         "n": n,
         "rounds": rounds,
+        "stride": stride,
         "k": k,
         "prover_s": round(p, 4),
         "bare_matmul_s": round(b, 4),
@@ -66,6 +74,8 @@ def measure_size(
         "verifier_over_prover": round(v / p, 5),
         "effective_tflops": round(work_flops(n, rounds) / p / 1e12, 4),
     }
+    if every_step_s:
+        row["prover_over_matmul_stride_1"] = round(min(every_step_s) / b, 3)
     if banded_s:
         # The same products cut into the prover's row bands (one BLAS thread each): what
         # the proof itself costs, apart from the banding beating the BLAS's own threads.

@@ -96,6 +96,25 @@ def new_challenge(n: int, rounds: int, deadline: float, stride: int = 1) -> Chal
     return ch
 
 
+# A commitment costs Theta(n^2) per committed step (n leaf hashes, the tree, the int8
+# rows) plus a fixed Python cost per step; the product costs n^3. At n = 256 a commit per
+# step is 68 % on top of the product (docs/BENCHMARKS.md). Committing no more often than
+# every MIN_COMMIT_MACS multiply-adds keeps it small at every n: stride 1 from n = 1024
+# on (n^3 >= 2^30), 2 at n = 512, 16 at n = 256. Soundness does not depend on the stride
+# (the square closes the B^s shortcut; an opening checks `stride` steps of its row).
+MIN_COMMIT_MACS = 1 << 28
+MAX_AUTO_STRIDE = 16  # the checker recomputes `stride` steps per opened row
+
+
+def commit_stride(n: int) -> int:
+    """Default stride for size n: the smallest power of two s with s * n^3 >=
+    MIN_COMMIT_MACS, at most MAX_AUTO_STRIDE (classes may set their own)."""
+    s = 1
+    while s < MAX_AUTO_STRIDE and s * n**3 < MIN_COMMIT_MACS:
+        s *= 2
+    return s
+
+
 def work_flops(n: int, rounds: int) -> float:
     """Dense multiply-add work of the chain: rounds products of n x n matrices."""
     return 2.0 * n**3 * rounds

@@ -24,6 +24,7 @@ from node.popw.challenge import (
     MAX_N,
     MIN_N,
     Challenge,
+    commit_stride,
     is_power_of_two,
     new_challenge,
     work_flops,
@@ -118,7 +119,7 @@ def parse_table(data: dict[str, Any]) -> ClassTable:
             tflops=_number(c, "tflops", where, 1e-4, 1e5),
             memory_gb=_number(c, "memory_gb", where, 0.0, 1e4),
             n=n,
-            stride=_int(c, "stride", where, 1, 1024) if "stride" in c else 1,
+            stride=_int(c, "stride", where, 1, 1024) if "stride" in c else commit_stride(n),
         )
         if rounds_for(cls, policy) // cls.stride > MAX_COMMITS:
             raise ClassTableError(f"{where}: too many commits; raise n or stride")
