@@ -248,3 +248,22 @@ async def test_stream_opens_over_a_fresh_connection_when_the_muxer_died(net3):
 
         conn.new_stream = syn_fails
     assert await b.request(a.peer_id, "/kaisar/test-echo/1", 5) == {"echo": 5}
+
+
+async def test_a_teardown_reset_that_replaces_the_bodys_error_does_not_mute_it(monkeypatch):
+    """Seen in `kaisar bench deploy` under load: the bench's own TooSlowError vanished
+    and it went on with no jobs. While the body's error unwinds the host, an exit step
+    may raise a group of connection resets of its own; that group replaces the body's
+    error, and muting the resets (a clean stop) muted the body's error with it."""
+    from node.p2p.host import KaisarHost
+
+    async def resets_on_close(self):
+        raise BaseExceptionGroup("teardown", [trio.BrokenResourceError("reset by peer")])
+
+    monkeypatch.setattr(KaisarHost, "_close_connections", resets_on_close)
+    with pytest.raises(trio.TooSlowError):
+        async with open_host(Identity.generate(), network="mute", domain=DEVNET_DOMAIN):
+            raise trio.TooSlowError
+    # with no error of its own, the same reset is a clean stop
+    async with open_host(Identity.generate(), network="mute", domain=DEVNET_DOMAIN):
+        pass

@@ -132,6 +132,7 @@ class KaisarHost:
         self._nursery: trio.Nursery | None = None
         self._closing = False  # the body is done: the host is tearing down
         self._body_errors: set[int] = set()  # ids of the body's own exceptions (never muted)
+        self._body_exc: BaseException | None = None  # the body's exception, as raised
         self._decoded: dict[bytes, wire.Envelope] = {}
         self._from_cache: dict[bytes, str] = {}
         self._seq = wire.now_ms()  # strictly increasing across restarts
@@ -166,9 +167,11 @@ class KaisarHost:
             if resets is not None:  # logged, not raised: see _closed_in_teardown
                 log.info("event=host_teardown_reset err=%r", leaves(resets)[0])
             if group2 is None:
+                self._raise_lost_body_error(group)
                 return
             _, rest = group2.split(adapter.is_teardown_race)
             if rest is None:  # only py-libp2p's shutdown race (adapter.py item 9): a clean stop
+                self._raise_lost_body_error(group)
                 return
             # py-libp2p nests each service in its own nursery, so one error arrives
             # wrapped ten groups deep (pytest and tracebacks then hide its message).
@@ -202,12 +205,21 @@ class KaisarHost:
                             yield self
                         except BaseException as exc:
                             self._body_errors = {id(e) for e in leaves(exc)}
+                            self._body_exc = exc
                             raise
                         finally:
                             self._closing = True
                             nursery.cancel_scope.cancel()
             finally:
                 await self._close_connections()
+
+    def _raise_lost_body_error(self, group: BaseExceptionGroup) -> None:
+        """A teardown error raised while the body's own exception was on its way out
+        replaces it (a service's exit raising a reset group during the unwind). Muting
+        that reset must not mute the body's error with it: raise the body's error."""
+        body = self._body_exc
+        if body is not None and not any(id(e) in self._body_errors for e in leaves(group)):
+            raise body
 
     def _closed_in_teardown(self, exc: BaseException) -> bool:
         """A connection reset or closed while this host tears down (its own closes,
