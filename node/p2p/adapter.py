@@ -130,6 +130,11 @@ covered by a test in tests/test_p2p_adapter.py that fails without it.
    readers (and a socket closed with unread data sends a reset), so a
    ``BrokenResourceError`` / ``ClosedResourceError`` from the host's own teardown is a
    clean stop (``KaisarHost._closed_in_teardown``, logged ``host_teardown_reset``).
+   Such a reset group can replace the body's own error while it unwinds the host (an
+   exit step raising during the unwind); muting the resets then muted the body's error
+   too (``kaisar bench deploy`` once went on with no jobs after its readiness timeout),
+   so the host re-raises the body's error when the group it mutes has lost it
+   (``KaisarHost._raise_lost_body_error``).
 20. Pubsub sequence numbers repeat after a restart. ``Pubsub.counter`` starts at
    ``int(time.time())`` (seconds) and counts one per published message, so a node that
    published more messages than seconds it ran (a checker's votes and attestations, a
