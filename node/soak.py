@@ -96,6 +96,7 @@ class Track:
     outcome: str = ""
     note: str = ""
     history: list[str] = field(default_factory=list)  # what the follower saw, for a lost job
+    closed_by_owner: bool = False  # the owner's close went through (after its hold)
     _last: str = ""  # the last step said, its history line, and how often in a row
     _line: str = ""
     _repeats: int = 0
@@ -319,7 +320,8 @@ class Soak:
                     if job.round not in t.served:
                         await self._serve(client, t, job)
                     elif t.close_early and now - t.served[job.round][1] > t.hold:
-                        await self._try(client.close(t.job_id), t)
+                        if await self._try(client.close(t.job_id), t):
+                            t.closed_by_owner = True
                         continue
                     if time.time() >= end + 2:
                         await self._try(client.chain.expire_job(self.net.user, t.job_id), t)
@@ -335,7 +337,8 @@ class Soak:
             self.live -= 1
             self.progress(f"job {t.job_id}: {t.final or 'unfinished'} served rounds {sorted(t.served)}")
 
-    async def _try(self, call: Any, t: Track) -> None:
+    async def _try(self, call: Any, t: Track) -> bool:
+        """Await ``call``; False (and noted) if the chain or client refused it."""
         from node.chain.errors import ChainError
         from node.client.errors import ClientError
 
@@ -343,7 +346,10 @@ class Soak:
             await call
         except (ChainError, ClientError) as exc:  # someone else ended it first, or not yet
             t.say(str(exc))
+            await trio.sleep(0.5)
+            return False
         await trio.sleep(0.5)
+        return True
 
     async def _serve(self, client: Any, t: Track, job: Any) -> None:
         """Verify the deployment and get an HTTP answer through a tunnel."""
@@ -398,7 +404,14 @@ class Soak:
             if t.final == "done" and paid.get(t.job_id, 0) == 0:
                 return "lost"  # ran its course but nobody was paid
             if t.failed_at:  # served again after the (last) certified failure?
-                return "reassigned" if max(t.served) >= t.failed_at[-1][2] else "lost"
+                if max(t.served) >= t.failed_at[-1][2]:
+                    return "reassigned"
+                # The owner closed it, served as long as it wanted, while a failure was
+                # moving it to a new round (the close raced the failure): served, closed
+                # and paid, as long as the provider was paid for the time served.
+                if t.final == "closed" and t.closed_by_owner and paid.get(t.job_id, 0) > 0:
+                    return "served"
+                return "lost"
             return "served"
         return "lost"
 

@@ -80,3 +80,28 @@ async def test_a_failed_docker_look_is_skipped_and_the_next_one_counts():
     await soak.sample(client)
     assert soak.double == {7}
     assert all(kw.get("ignore_removed") for kw in calls)
+
+
+def test_classify_a_close_that_raced_a_failure():
+    """Job 29 of a 30-minute soak: served in round 0, its owner closed it after its
+    hold while a certified failure had just reopened it as round 1. Served, closed by
+    its owner and paid: not lost. Without the owner's close, or unpaid, it is lost."""
+    from node.soak import Soak, SoakSettings
+
+    soak = Soak(None, SoakSettings())
+
+    def track(**kw):
+        t = Track(job_id=29, bought=0.0, duration=60, close_early=True, hold=3.0)
+        t.served = {0: ("0xdbdf", 5.3)}
+        t.failed_at = [(13.0, "0xdbdf", 1)]
+        t.final = "closed"
+        for k, v in kw.items():
+            setattr(t, k, v)
+        return t
+
+    assert soak.classify(track(closed_by_owner=True), {29: 10**15}) == "served"
+    assert soak.classify(track(closed_by_owner=True), {}) == "lost"  # nobody was paid
+    assert soak.classify(track(), {29: 10**15}) == "lost"  # closed, but not by its owner
+    served_again = track(served={0: ("0xdbdf", 5.3), 1: ("0x7cf6", 40.0)})
+    assert soak.classify(served_again, {29: 10**15}) == "reassigned"
+    assert soak.classify(track(final="failed"), {}) == "refunded"
