@@ -253,3 +253,40 @@ async def test_restart_readopts_running_container(world, container_runtime, tmp_
         assert svc.state.get_job(job).state == "stopped"
         assert await container_runtime.list_managed() == []
         await ads.wait_for(ad_from(svc, 1))
+
+
+async def test_a_deploy_cut_off_after_accepting_is_finished_not_reported_deployed(
+    world, container_runtime, tmp_path, monkeypatch
+):
+    """The checker's connection went away after "accepted" (its handler cancelled):
+    the job stayed "deploying" with no container, and every later deploy of the same
+    certificate was answered "deployed", so no checker failed it (a soak job was paid
+    for 77 s and never served). The same certificate again finishes the deploy; a
+    stalled one the monitor finishes by itself."""
+    from node.roles.provider import service as psvc
+
+    me = world.providers[0].address
+    async with provider_world(world, container_runtime, tmp_path / "p.sqlite") as (svc, phost, chost, ads, statuses):
+        for resume in ("same certificate", "monitor"):
+            job = http_job(world)
+            frame = qc_frame(world, job, me, world.checkers[:3])
+            with trio.CancelScope() as cut:
+
+                async def accepted(job_id, cut=cut):
+                    cut.cancel()  # the stream dies right after the "accepted" frame
+
+                await svc.deploy(frame, None, accepted=accepted)
+            assert cut.cancelled_caught
+            assert svc.state.get_job(job).state == "deploying"
+            assert await container_runtime.status(job) is None
+            if resume == "same certificate":
+                reply = await svc.deploy(frame, None)
+                assert reply["t"] == "deployed" and reply["state"] == "running"
+            else:
+                monkeypatch.setattr(psvc, "DEPLOY_STALL_S", 0.0)
+                await svc.check_jobs()
+            assert svc.state.get_job(job).state == "running"
+            await statuses.wait_for(status_of(job, "deployed"))
+            page = await http_get(chost, phost.peer_id, world.owner, world.kc.domain, job)
+            assert b"query=hello" in page
+            await svc.end_job(job, msg.STOPPED, "test done")

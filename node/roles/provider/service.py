@@ -62,6 +62,7 @@ MAX_BUSY_SECONDS = 3600.0
 CHECKER_CACHE_S = 30.0  # how long the provider trusts its copy of the active checker set
 NOTIFY_TIMEOUT = 5.0  # the push of a "deployed" status to the owner's peer
 ACCEPTED_TIMEOUT = 5.0  # the "accepted" frame to the deploying checker
+DEPLOY_STALL_S = 30.0  # "deploying" this long with no deploy under way: the monitor finishes it
 STATE_FILE = "provider.sqlite"
 
 
@@ -401,10 +402,15 @@ class ProviderService:
         digest = assign_digest(self.chain.domain, req.job_id, req.round, req.provider)
         existing = self.state.get_job(req.job_id)
         if existing is not None and existing.live:
+            if existing.qc_digest != digest:
+                raise DeployRefused(f"job {req.job_id} already runs here for round {existing.round}")
+            if existing.state == "deploying":
+                # Accepted, but the deploy that accepted it did not finish (we hold the
+                # job's lock, so none is under way): finish it now instead of answering
+                # "deployed" for a container that may not exist.
+                return await self._finish_deploy(existing)
             # Idempotent: the same certificate again gets the running deployment
-            if existing.qc_digest == digest:
-                return self._deployed_reply(existing)
-            raise DeployRefused(f"job {req.job_id} already runs here for round {existing.round}")
+            return self._deployed_reply(existing)
         if not self.accepting or self.runtime is None:
             raise DeployRefused("no container engine: this provider accepts no deploys now")
         job, chain_set, chain_time = await self.chain.job_and_checkers(req.job_id)
@@ -432,21 +438,32 @@ class ProviderService:
         self.changed()
         if accepted is not None:
             await accepted(req.job_id)
+        # If this task is cancelled from here on (the checker's connection went away),
+        # the job stays "deploying": the next deploy of the same certificate or the
+        # monitor (_resume_stalled_deploy) finishes it. Before, a half-done deploy
+        # answered every later deploy "deployed" with no container, so no checker ever
+        # failed it (a soak job was paid for 77 s and never served).
+        return await self._finish_deploy(rec)
+
+    async def _finish_deploy(self, rec: JobRecord) -> dict[str, Any]:
+        """Start the container of an accepted job and publish the outcome (under the
+        job's lock, shielded by the caller or run from the monitor)."""
+        assert self.runtime is not None
         devices = rec.gpus if self.gpu_devices else ()
         try:
             info = await self.runtime.start(
-                req.job_id, job.image, job.port, gpus=devices, limits=self.settings.limits
+                rec.job_id, rec.image, rec.port, gpus=devices, limits=self.settings.limits
             )
         except ContainerError as exc:
             await self._set_state(rec, msg.FAILED, f"start failed: {exc.message}"[:500])
-            return {"t": "failed", "job_id": req.job_id, "reason": rec.reason}
+            return {"t": "failed", "job_id": rec.job_id, "reason": rec.reason}
         rec.container_id, rec.host_port = info.container_id, info.host_port
-        self.state.update_job(req.job_id, container_id=info.container_id, host_port=info.host_port)
+        self.state.update_job(rec.job_id, container_id=info.container_id, host_port=info.host_port)
         await self._set_state(rec, msg.RUNNING, "", status=msg.DEPLOYED, notify_owner=True)
-        trace.mark("status_published", req.job_id)
+        trace.mark("status_published", rec.job_id)
         log.info(
             "event=job_deployed job=%d image=%s port=%d host_port=%s",
-            req.job_id, job.image, job.port, info.host_port,
+            rec.job_id, rec.image, rec.port, info.host_port,
         )
         return self._deployed_reply(rec)
 
@@ -577,6 +594,7 @@ class ProviderService:
             self._last_chain_poll = now
         for rec in self.state.jobs(live_only=True):
             if rec.state == "deploying":
+                await self._resume_stalled_deploy(rec, now)
                 continue
             if now >= rec.expires:
                 await self.end_job(rec.job_id, msg.STOPPED, "expired")
@@ -596,6 +614,26 @@ class ProviderService:
             if now - ended >= self.settings.log_retention and self.runtime is not None:
                 await self.runtime.remove(job_id)
                 del self._ended_at[job_id]
+
+    async def _resume_stalled_deploy(self, rec: JobRecord, now: float) -> None:
+        """A job accepted DEPLOY_STALL_S ago and still "deploying" with no deploy under
+        way (its lock is free): finish it, or end it if its time is over."""
+        lock = self._job_locks[rec.job_id]
+        if lock.locked() or now - rec.started < DEPLOY_STALL_S or self.runtime is None:
+            return
+        async with lock:
+            current = self.state.get_job(rec.job_id)
+            if current is None or current.state != "deploying":
+                return
+            log.warning("event=deploy_resumed job=%d since=%.0fs", rec.job_id, now - rec.started)
+            if now >= current.expires:
+                try:
+                    await self.runtime.stop(rec.job_id)  # in case the start got that far
+                except ContainerError as exc:
+                    log.warning("event=stop_failed job=%d err=%s", rec.job_id, exc)
+                await self._set_state(current, msg.STOPPED, "expired before it started")
+                return
+            await self._finish_deploy(current)
 
     async def _chain_end_reason(self, rec: JobRecord) -> str:
         assert self.chain is not None
