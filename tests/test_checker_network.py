@@ -275,3 +275,33 @@ async def test_no_failure_vote_after_paid_time_and_explain_names_the_miss(tmp_pa
         svc.clock = real
         await svc._suspect(job, 0, provider.address, "missed heartbeats")
         assert (job, 0) in svc._signed_failure  # while it runs: the vote is signed
+
+
+async def test_an_assignment_never_deployed_is_suspected_after_deploy_timeout(tmp_path):
+    """A provider that accepted a job and still answers (heartbeats, a "deploying"
+    status) but never starts the container is suspected once deploy_timeout has passed
+    since the assignment; one that reports "deployed" is not; a silent one is suspected
+    for missed heartbeats as before."""
+    from node.roles.checker.service import Assigned
+
+    checkers = [ident(f"stall-checker{i}") for i in range(4)]
+    provider = ident("stall-provider")
+    dev = await start_embedded([GenesisChecker(c, c, ETHER) for c in checkers])
+    async with checker_beside_a_provider(dev.chain, checkers[3], provider, tmp_path) as svc:
+        with trio.fail_after(30):
+            while not svc._status_subscribed:
+                await trio.sleep(0.05)
+        now = svc.clock()
+        late = svc.settings.deploy_timeout + 1
+        svc.assigned[7] = Assigned(provider.address, 0, 1, now - late)
+        svc.status_seen[7] = (now, "deploying")  # alive, still "deploying"
+        assert [(j, why) for j, _, why in svc.overdue(now)] == [
+            (7, f"not deployed {svc.settings.deploy_timeout:g} s after assignment")
+        ]
+        svc.assigned[7].deployed = True  # it said "deployed" (or "running")
+        assert svc.overdue(now) == []
+        svc.assigned[8] = Assigned(provider.address, 0, 1, now - late)  # not a word since
+        assert [(j, why) for j, _, why in svc.overdue(now)] == [(8, "missed heartbeats")]
+        svc.assigned[9] = Assigned(provider.address, 0, 1, now)  # just assigned
+        svc.status_seen[9] = (now, "deploying")
+        assert [j for j, _, _ in svc.overdue(now)] == [8]

@@ -664,22 +664,32 @@ class CheckerService:
             )
 
     async def _failure_loop(self) -> None:
-        """Missed heartbeats: no status (or, without status/1, no ad) for status_timeout."""
         while True:
             await trio.sleep(max(self.settings.status_timeout / 4, 0.2))
-            now = self.clock()
-            for job_id, a in list(self.assigned.items()):
-                if now - a.since < self.settings.status_timeout:
-                    continue
-                ad = self.ads.get(a.provider)
-                last_ad = ad.issued if ad is not None else 0.0
-                last = (
-                    self.status_seen.get(job_id, (0.0, ""))[0]
-                    if self._status_subscribed
-                    else last_ad
-                )
-                if now - max(last, 0.0) > self.settings.status_timeout:
-                    self._spawn(self._suspect, job_id, a.round, a.provider, "missed heartbeats")
+            for job_id, a, reason in self.overdue(self.clock()):
+                self._spawn(self._suspect, job_id, a.round, a.provider, reason)
+
+    def overdue(self, now: float) -> list[tuple[int, Assigned, str]]:
+        """Assignments this checker suspects: missed heartbeats (no status, or without
+        status/1 no ad, for status_timeout), or no "deployed"/"running" status within
+        deploy_timeout of the assignment (a provider that accepted and never started
+        the container, yet still answers: a soak job was paid 77 s unserved)."""
+        out = []
+        for job_id, a in list(self.assigned.items()):
+            if now - a.since < self.settings.status_timeout:
+                continue
+            ad = self.ads.get(a.provider)
+            last_ad = ad.issued if ad is not None else 0.0
+            last = (
+                self.status_seen.get(job_id, (0.0, ""))[0]
+                if self._status_subscribed
+                else last_ad
+            )
+            if now - max(last, 0.0) > self.settings.status_timeout:
+                out.append((job_id, a, "missed heartbeats"))
+            elif self._status_subscribed and not a.deployed and now - a.since > self.settings.deploy_timeout:
+                out.append((job_id, a, f"not deployed {self.settings.deploy_timeout:g} s after assignment"))
+        return out
 
     # PoPW -------------------------------------------------------------------------------
 
