@@ -317,3 +317,23 @@ async def test_a_transaction_on_the_embedded_chain_is_one_worker_hop(world):
     with pytest.raises(ChainRevert) as info:
         await client.transact(world.owner, world.kc.license.functions.buy(), value=1)
     assert info.value.function == "buy" and len(hops) == 1
+
+
+async def test_a_cancelled_read_does_not_wait_for_a_hung_rpc():
+    """An RPC endpoint that accepts the connection and never answers: a read cancelled
+    by its caller returns at once instead of after the HTTP timeout (Ctrl-C on
+    `kaisar client connect` waited for a chain read)."""
+    import socket
+
+    from web3 import Web3
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        client = ChainClient(Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30})), url=url)
+        t0 = trio.current_time()
+        with trio.move_on_after(0.3) as scope:
+            await client.block_number()
+        assert scope.cancelled_caught
+        assert trio.current_time() - t0 < 10  # not the 30 s HTTP timeout

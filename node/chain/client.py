@@ -160,6 +160,13 @@ class ChainClient:
         """Run one web3 call in a worker thread."""
         return await trio.to_thread.run_sync(self.run_sync, fn, *args)
 
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``run`` for a read: cancelling the caller does not wait for the thread (a
+        slow or hung RPC answers into the void). Writes keep ``run``: the sender must
+        see its transaction's outcome. A ``kaisar client connect`` stopped with Ctrl-C
+        once took over 10 s to exit, waiting for a chain read."""
+        return await trio.to_thread.run_sync(self.run_sync, fn, *args, abandon_on_cancel=True)
+
     # local head changes ----------------------------------------------------------------
 
     def notify_head(self) -> None:
@@ -185,19 +192,19 @@ class ChainClient:
 
     async def call(self, fn: Any, block: int | str = "latest") -> Any:
         """Call a view function (``contract.functions.f(args)``); reverts -> ChainRevert."""
-        return await self.run(lambda: fn.call(block_identifier=block))
+        return await self.read(lambda: fn.call(block_identifier=block))
 
     async def block_number(self) -> int:
-        return int(await self.run(lambda: self.w3.eth.block_number))
+        return int(await self.read(lambda: self.w3.eth.block_number))
 
     async def get_block(self, block: int | str = "latest") -> Any:
-        return await self.run(self.w3.eth.get_block, block)
+        return await self.read(self.w3.eth.get_block, block)
 
     async def balance(self, address: str) -> int:
-        return int(await self.run(self.w3.eth.get_balance, address))
+        return int(await self.read(self.w3.eth.get_balance, address))
 
     async def code_at(self, address: str) -> bytes:
-        return bytes(await self.run(self.w3.eth.get_code, address))
+        return bytes(await self.read(self.w3.eth.get_code, address))
 
     def contract(self, address: str, abi: list) -> Any:
         return self.w3.eth.contract(address=Web3.to_checksum_address(address), abi=abi)
