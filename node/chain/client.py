@@ -24,6 +24,7 @@ else propagates.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -165,7 +166,9 @@ class ChainClient:
         slow or hung RPC answers into the void). Writes keep ``run``: the sender must
         see its transaction's outcome. A ``kaisar client connect`` stopped with Ctrl-C
         once took over 10 s to exit, waiting for a chain read."""
-        return await trio.to_thread.run_sync(self.run_sync, fn, *args, abandon_on_cancel=True)
+        return await trio.to_thread.run_sync(
+            functools.partial(self.run_sync, fn, *args), abandon_on_cancel=True
+        )
 
     # local head changes ----------------------------------------------------------------
 
