@@ -166,7 +166,8 @@ class ChainClient:
         slow or hung RPC answers into the void). Writes keep ``run``: the sender must
         see its transaction's outcome. A ``kaisar client connect`` stopped with Ctrl-C
         once took over 10 s to exit, waiting for a chain read."""
-        return await trio.to_thread.run_sync(
+        # trio-stubs (trio_typing) predate abandon_on_cancel; trio 0.35 has only it
+        return await trio.to_thread.run_sync(  # type: ignore[call-arg]
             functools.partial(self.run_sync, fn, *args), abandon_on_cancel=True
         )
 
