@@ -86,6 +86,9 @@ def test_client_cli_against_a_running_devnet(docker_engine, tmp_path):
             connect = subprocess.Popen(
                 kaisar("client", "connect", str(job), "--local-port", str(port), "--devnet", str(info)),
                 env={**env, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.DEVNULL, stderr=err,
+                # as from a terminal: a suite started in the background (`cmd &` in a
+                # script) passes SIGINT on ignored, and Python then keeps it ignored
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
             )
         procs.append(connect)
         answer = http_get(port, f"/cgi-bin/echo?job={job}")
@@ -93,8 +96,9 @@ def test_client_cli_against_a_running_devnet(docker_engine, tmp_path):
         assert f"job={job}".encode() in answer
         connect.send_signal(signal.SIGINT)
         try:
-            # Exits in ~1 s by hand; in two full-suite runs it was still up 10 s later
-            # (cause not found): a stuck exit fails here with every thread's stack.
+            # Exits in ~1 s. (Three full-suite runs started with `nohup ... &` failed
+            # here: the child had inherited SIGINT ignored; the stacks below showed an
+            # idle trio loop.) A stuck exit fails here with every thread's stack.
             connect.wait(timeout=30)
         except subprocess.TimeoutExpired:
             connect.send_signal(signal.SIGABRT)
