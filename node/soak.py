@@ -342,14 +342,14 @@ class Soak:
         from node.chain.errors import ChainError
         from node.client.errors import ClientError
 
+        ok = True
         try:
             await call
         except (ChainError, ClientError) as exc:  # someone else ended it first, or not yet
             t.say(str(exc))
-            await trio.sleep(0.5)
-            return False
+            ok = False
         await trio.sleep(0.5)
-        return True
+        return ok
 
     async def _serve(self, client: Any, t: Track, job: Any) -> None:
         """Verify the deployment and get an HTTP answer through a tunnel."""
@@ -485,7 +485,7 @@ class Soak:
         chain = self.net.chain
         try:
             job = await chain.get_job(job_id)
-            block = await chain.client.run(chain.client.w3.eth.get_block, "latest")
+            block = await chain.client.get_block("latest")
         except Exception as exc:
             return f"unreadable: {exc}"[:200]
         return (f"{JOB_STATE.get(job.state, job.state)} r{job.round} provider {job.provider[:10]} "

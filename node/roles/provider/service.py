@@ -446,8 +446,8 @@ class ProviderService:
         return await self._finish_deploy(rec)
 
     async def _finish_deploy(self, rec: JobRecord) -> dict[str, Any]:
-        """Start the container of an accepted job and publish the outcome (under the
-        job's lock, shielded by the caller or run from the monitor)."""
+        """Start the container of an accepted job and publish the outcome (the caller
+        holds the job's lock: a deploy, or the monitor resuming a stalled one)."""
         assert self.runtime is not None
         devices = rec.gpus if self.gpu_devices else ()
         try:
@@ -621,19 +621,14 @@ class ProviderService:
         lock = self._job_locks[rec.job_id]
         if lock.locked() or now - rec.started < DEPLOY_STALL_S or self.runtime is None:
             return
+        log.warning("event=deploy_resumed job=%d since=%.0fs", rec.job_id, now - rec.started)
+        if now >= rec.expires:  # stops a container the start got as far as, if any
+            await self.end_job(rec.job_id, msg.STOPPED, "expired before it started")
+            return
         async with lock:
             current = self.state.get_job(rec.job_id)
-            if current is None or current.state != "deploying":
-                return
-            log.warning("event=deploy_resumed job=%d since=%.0fs", rec.job_id, now - rec.started)
-            if now >= current.expires:
-                try:
-                    await self.runtime.stop(rec.job_id)  # in case the start got that far
-                except ContainerError as exc:
-                    log.warning("event=stop_failed job=%d err=%s", rec.job_id, exc)
-                await self._set_state(current, msg.STOPPED, "expired before it started")
-                return
-            await self._finish_deploy(current)
+            if current is not None and current.state == "deploying":
+                await self._finish_deploy(current)
 
     async def _chain_end_reason(self, rec: JobRecord) -> str:
         assert self.chain is not None
