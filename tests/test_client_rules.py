@@ -41,8 +41,10 @@ def test_check_fit_names_what_is_missing():
         check_fit(offers, "cpu", 3, None)
     with pytest.raises(ValueError, match=f"price above max.*asks {2 * PRICE}"):
         check_fit(offers, "cpu", 2, PRICE)
-    with pytest.raises(ValueError, match="no accepting provider"):
+    with pytest.raises(ValueError, match=r"1 provider\(s\) heard, none accepting"):
         check_fit([offer(accepting=False)], "cpu", 1, None)
+    with pytest.raises(ValueError, match="no provider ad heard at all"):
+        check_fit([], "cpu", 1, None)
     assert [o.provider for o in check_fit(offers, "cpu", 1, None)] == ["0xP", "0xQ"]
     assert [o.provider for o in check_fit(offers, "cpu", 1, PRICE)] == ["0xP"]
 

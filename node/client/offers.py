@@ -81,7 +81,12 @@ def check_fit(
     of_class = [o for o in offers if o.gpu_class == gpu_class and o.accepting]
     if not of_class:
         heard = sorted({o.gpu_class for o in offers if o.accepting})
-        also = f" (heard: {', '.join(heard)})" if heard else " (no accepting provider heard at all)"
+        if heard:
+            also = f" (heard: {', '.join(heard)})"
+        elif offers:  # providers are there but refuse deploys (no container engine, say)
+            also = f" ({len(offers)} provider(s) heard, none accepting deploys)"
+        else:
+            also = " (no provider ad heard at all)"
         raise ValueError(f"no provider of class {gpu_class!r} is advertising{also}")
     # One of them has enough free GPUs
     enough = [o for o in of_class if o.gpus_free >= count]
