@@ -183,3 +183,57 @@ def test_pubsub_seqnos_do_not_repeat_after_a_restart():
     used = {first.pubsub._next_seqno() for _ in range(50)}  # 50 messages in under a second
     again = KaisarHost(key, network="devnet", domain=DEVNET_DOMAIN, options=HostOptions(dht=False))
     assert not used & {again.pubsub._next_seqno() for _ in range(50)}
+
+
+class _HeldHello:
+    """A pubsub stream whose first write (the hello) waits for ``release``."""
+
+    def __init__(self, stream, writing: trio.Event, release: trio.Event) -> None:
+        self._stream, self._writing, self._release = stream, writing, release
+
+    async def write(self, data: bytes) -> None:
+        if not self._writing.is_set():
+            self._writing.set()
+            await self._release.wait()
+        await self._stream.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+async def subscribed_during_hello(monkeypatch) -> bool:
+    """Does peer B learn of a topic A subscribed while A's hello to B was being written?"""
+    monkeypatch.setattr(adapter, "PUBSUB_REPAIR_INTERVAL", 60.0)  # no second stream attempt
+    async with open_host(Identity.generate(), network="a", domain=DEVNET_DOMAIN) as a:
+        async with open_host(Identity.generate(), network="a", domain=DEVNET_DOMAIN) as b:
+            writing, release = trio.Event(), trio.Event()
+            real = a.host.new_stream
+
+            async def new_stream(peer_id, protocols):
+                stream = await real(peer_id, protocols)
+                if peer_id == b.peer_id and any("meshsub" in str(p) for p in protocols):
+                    return _HeldHello(stream, writing, release)
+                return stream
+
+            monkeypatch.setattr(a.host, "new_stream", new_stream)
+            await a.connect(b.addrs()[0])
+            with trio.fail_after(10):
+                await writing.wait()  # A's hello to B is built and on its way
+            await a.subscribe("ads/1", lambda env, peer: trio.sleep(0))
+            release.set()
+            with trio.move_on_after(3):
+                while a.peer_id not in b.pubsub.peer_topics.get(a.topic("ads/1"), ()):
+                    await trio.sleep(0.02)
+                return True
+            return False
+
+
+async def test_a_topic_subscribed_while_the_hello_is_written_reaches_the_peer(monkeypatch):
+    assert await subscribed_during_hello(monkeypatch)
+
+
+async def test_a_topic_subscribed_while_the_hello_is_written_is_lost_upstream(monkeypatch):
+    from libp2p.pubsub.pubsub import Pubsub
+
+    monkeypatch.setattr(adapter.KaisarPubsub, "_handle_new_peer", Pubsub._handle_new_peer)
+    assert not await subscribed_during_hello(monkeypatch)

@@ -146,6 +146,17 @@ covered by a test in tests/test_p2p_adapter.py that fails without it.
    (``initial_pubsub_seqno``): unique across restarts unless a node publishes more
    than a million messages a second (test: tests/test_p2p_adapter.py,
    ``test_pubsub_seqnos_do_not_repeat_after_a_restart``).
+21. Subscriptions lost while a peer's pubsub stream opens. ``Pubsub._handle_new_peer``
+   builds its hello (our subscriptions) before it writes it, and adds the peer to
+   ``Pubsub.peers`` only after the write; ``subscribe`` announces a new topic to
+   ``Pubsub.peers`` only. A topic subscribed in between reaches neither message, and
+   the peer never learns it: nothing announces subscriptions again. Seen in the full
+   test suite (2 in 5 runs of the first 16 test files): a client that subscribed to
+   ``ads/1`` right after connecting heard no provider ad for 10 s, the provider's
+   ``peer_topics`` lacking it while both were connected and registered with pubsub.
+   ``KaisarPubsub`` announces, once the peer is registered, every subscription change
+   made since the hello was prepared (test: tests/test_p2p_adapter.py,
+   ``test_a_topic_subscribed_while_the_hello_is_written_reaches_the_peer``).
 """
 
 from __future__ import annotations
@@ -161,6 +172,7 @@ import libp2p.stream_muxer.yamux.yamux as _yamux
 import trio
 from libp2p.pubsub.gossipsub import GossipSub as _GossipSub
 from libp2p.pubsub.pb import rpc_pb2 as _rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub as _Pubsub
 from libp2p.pubsub.rpc_queue import RpcQueue as _RpcQueue
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol as _CircuitV2Protocol
 from libp2p.relay.circuit_v2.resources import RelayResourceManager as _RelayResourceManager
@@ -390,6 +402,23 @@ class KaisarGossipSub(_GossipSub):
             ]
             control = self.pack_control_msgs(ihaves, grafts, prunes)
             await self.emit_control_message(control, peer)
+
+
+class KaisarPubsub(_Pubsub):
+    """Pubsub that tells a new peer about subscriptions its hello missed (item 21)."""
+
+    async def _handle_new_peer(self, peer_id) -> None:
+        before = set(self.topic_ids)  # the hello holds these, and perhaps later ones
+        await super()._handle_new_peer(peer_id)
+        queue = self.peer_queues.get(peer_id)
+        if queue is None:  # not registered (failed, or a duplicate attempt)
+            return
+        now = set(self.topic_ids)
+        # Re-announcing a topic the hello already carried is harmless (idempotent).
+        changes = [(t, True) for t in sorted(now - before)] + [(t, False) for t in sorted(before - now)]
+        for topic, subscribe in changes:
+            packet, subopt = self._build_announce_rpc(topic, subscribe=subscribe)
+            self._enqueue_or_retry_announce(peer_id, queue, packet, subopt)
 
 
 # circuit relay v2 (items 12-14) -------------------------------------------------------

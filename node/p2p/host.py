@@ -33,7 +33,6 @@ from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
-from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
@@ -126,7 +125,7 @@ class KaisarHost:
         self.gossipsub = adapter.KaisarGossipSub(
             protocols=GOSSIPSUB_PROTOCOLS, **adapter.gossipsub_kwargs(options.gossip)
         )
-        self.pubsub = Pubsub(self.host, self.gossipsub, **adapter.pubsub_kwargs())
+        self.pubsub = adapter.KaisarPubsub(self.host, self.gossipsub, **adapter.pubsub_kwargs())
         self.pubsub.counter = adapter.initial_pubsub_seqno()  # adapter.py item 20
         self.dht: KadDHT | None = None
         self._nursery: trio.Nursery | None = None
