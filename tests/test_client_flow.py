@@ -51,10 +51,10 @@ async def client_world(world, container_runtime, tmp_path):
             nursery.cancel_scope.cancel()
 
 
-def provider_service(world, host, runtime, db) -> ProviderService:
+def provider_service(world, host, runtime, db, settings=SETTINGS) -> ProviderService:
     """ProviderService for ``host`` (key providers[i]) with the test settings."""
     return ProviderService(
-        host, SETTINGS, db, chain=world.kc, runtime=runtime, inventory=Inventory(cpu="test", cpu_count=2)
+        host, settings, db, chain=world.kc, runtime=runtime, inventory=Inventory(cpu="test", cpu_count=2)
     )
 
 
@@ -300,4 +300,41 @@ async def test_provider_pushes_the_deployment_to_the_waiting_owner(world, contai
             dep = got[0]
             assert dep.provider == world.providers[0].address and dep.state == "deployed"
             assert svc.owner_notified == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_close_stops_the_container_at_once_not_at_the_next_chain_poll(
+    world, container_runtime, tmp_path
+):
+    """The owner's client tells the provider of the close (/kaisar/closed/1); the provider
+    re-reads the job on chain and stops the container now. Its own chain poll is an hour
+    here, so without the notice the container would run on and the slot stay taken."""
+    from dataclasses import replace
+
+    from node.roles.provider.client import ProviderRefused, notify_closed
+
+    settings = replace(SETTINGS, chain_poll_interval=3600.0)
+    async with start_network(2, identities=[world.providers[0], world.owner]) as (phost, chost):
+        async with trio.open_nursery() as nursery:
+            svc = provider_service(world, phost, container_runtime, tmp_path / "p.sqlite", settings)
+            await nursery.start(svc.run)
+            client = Client(world.owner, chost, world.kc, ad_wait=10.0, poll_interval=0.2)
+            await client.start()
+            job = await client.buy("cpu", 1, DEMO_HTTP_IMAGE, DEMO_HTTP_PORT, hours=1)
+            await certify(world, client.host, job, svc.host.peer_id)
+            await client.wait_deployed(job, timeout=30)
+
+            # only the owner's token counts, and the chain decides: the job is still open
+            with pytest.raises(ProviderRefused, match="not signed by the job owner"):
+                await notify_closed(chost, phost.peer_id, ident("stranger"), world.kc.domain, job)
+            assert await notify_closed(chost, phost.peer_id, world.owner, world.kc.domain, job) == "running"
+
+            result = await client.close(job)
+            assert result.provider_state == "stopped"
+            assert svc.state.get_job(job).state == "stopped"
+            info = await container_runtime.status(job)
+            assert info is not None and not info.running  # stopped, kept for its logs
+            with trio.fail_after(5):  # and the next ad offers the slot again
+                while client.offers.get(world.providers[0].address).gpus_free != 1:
+                    await trio.sleep(0.05)
             nursery.cancel_scope.cancel()

@@ -64,6 +64,7 @@ AD_WAIT_S = 12.0  # a provider re-advertises every 10 s by default
 POLL_INTERVAL_S = 0.5
 STATUS_QUERY_TIMEOUT_S = 10.0
 MAX_IMAGE_BYTES = 256
+CLOSE_NOTICE_TIMEOUT_S = 5.0  # telling the provider of a close: best effort, this long
 PUSH_TIMEOUT_S = 5.0  # a provider's status push must arrive within this once the stream opens
 MAX_PUSH_SIGS = 256
 MAX_PUSHERS_PER_JOB = 16  # distinct signers whose pushed status is kept per waited job
@@ -110,6 +111,10 @@ class CloseResult:
     refund: int  # wei returned to the owner
     provider_paid: int  # wei credited to the provider for time served
     tx_fee: int  # wei the close transaction cost in gas
+    # the job's state at the provider once told of the close ("stopped"); None when the
+    # provider could not be told (not known here, unreachable): it then sees the close
+    # at its next chain poll
+    provider_state: str | None = None
 
 
 def job_view(job: Job, status: dict[str, Any] | None = None) -> JobView:
@@ -739,9 +744,25 @@ class Client:
         ev = self.chain.escrow.events.JobClosed().process_receipt(receipt, errors=DISCARD)
         args = ev[0]["args"] if ev else {}
         fee = int(receipt["gasUsed"]) * int(receipt.get("effectiveGasPrice", 0))
+        told = await self._tell_closed(job) if job.state == JOB_ASSIGNED else None
         return CloseResult(
-            job_id, int(args.get("refund", 0)), int(args.get("provider_paid", 0)), fee
+            job_id, int(args.get("refund", 0)), int(args.get("provider_paid", 0)), fee, told
         )
+
+    async def _tell_closed(self, job: Job) -> str | None:
+        """Tell the assigned provider the job is closed on chain, so it stops the container
+        and frees the slot now; its state there, or None if it could not be told."""
+        with trio.move_on_after(CLOSE_NOTICE_TIMEOUT_S):
+            try:
+                peer = await self.reach(job.provider)
+                if peer is None:
+                    return None
+                return await pclient.notify_closed(
+                    self.host, peer, self.identity, self.chain.domain, job.job_id
+                )
+            except Exception as exc:  # refused, unreachable, reset: its chain poll will see it
+                log.info("event=close_notice_failed job=%d err=%r", job.job_id, exc)
+        return None
 
     # connect -----------------------------------------------------------------------
 

@@ -345,8 +345,10 @@ def cmd_close(args: argparse.Namespace) -> int:
                 "refund": r.refund,
                 "provider_paid": r.provider_paid,
                 "tx_fee": r.tx_fee,
+                "provider_state": r.provider_state,
             },
-            f"job {r.job_id} closed: refund {r.refund} wei, provider paid {r.provider_paid} wei",
+            f"job {r.job_id} closed: refund {r.refund} wei, provider paid {r.provider_paid} wei"
+            + (f", container {r.provider_state} at the provider" if r.provider_state else ""),
         )
 
     return _run(args, body, needs_peers=False)

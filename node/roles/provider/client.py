@@ -4,6 +4,8 @@
   frame (checker); ``on_accepted()`` when the provider's checks passed.
 - ``query_status(host, provider_peer, owner, domain, job_id)`` -> (JobStatus envelope, QC sigs).
 - ``stream_logs(host, provider_peer, owner, domain, job_id, follow=...)`` async iterator of bytes.
+- ``notify_closed(host, provider_peer, owner, domain, job_id)`` -> the job's state at the
+  provider after it re-read the job on chain (the owner has just closed it).
 - ``open_tunnel(...)`` (``node.roles.provider.tunnel``): an authorized byte pipe.
 
 ``domain`` is the chain deployment's EIP-712 domain (``KaisarChain.domain``), the one the
@@ -22,13 +24,14 @@ from node.identity import Identity
 from node.roles.provider import messages as msg
 from node.roles.provider.deploy import PROTOCOL_ID as DEPLOY_PROTOCOL
 from node.roles.provider.deploy import deploy_request
-from node.roles.provider.service import LOGS_PROTOCOL, STATUS_PROTOCOL
+from node.roles.provider.service import CLOSED_PROTOCOL, LOGS_PROTOCOL, STATUS_PROTOCOL
 from node.roles.provider.tunnel import TunnelRefused, TunnelStream, open_tunnel
 
 __all__ = [
     "ProviderRefused",
     "TunnelRefused",
     "TunnelStream",
+    "notify_closed",
     "open_tunnel",
     "query_status",
     "send_deploy",
@@ -74,6 +77,17 @@ async def query_status(
         raise ProviderRefused(str(reply.get("reason", "refused")) if isinstance(reply, dict) else "refused")
     env = wire.decode(reply["status"], domain=host.domain, network=host.network)
     return env, list(reply["qc_sigs"])
+
+
+async def notify_closed(
+    host: Any, provider_peer: Any, owner: Identity, domain: Domain, job_id: int
+) -> str:
+    """Tell the provider its owner closed the job on chain; returns the job's state there."""
+    token = msg.owner_token(owner, domain, msg.ACTION_CLOSED, job_id, provider_peer.to_base58())
+    reply = await host.request(provider_peer, CLOSED_PROTOCOL, token.to_frame(), max_size=1024)
+    if type(reply) is not dict or reply.get("ok") is not True or type(reply.get("state")) is not str:
+        raise ProviderRefused(str(reply.get("reason", "refused")) if isinstance(reply, dict) else "refused")
+    return str(reply["state"])
 
 
 async def stream_logs(

@@ -48,7 +48,8 @@ STATES = frozenset({DEPLOYING, DEPLOYED, RUNNING, STOPPED, FAILED})
 ACTION_TUNNEL = "tunnel"
 ACTION_LOGS = "logs"
 ACTION_STATUS = "status"
-ACTIONS = frozenset({ACTION_TUNNEL, ACTION_LOGS, ACTION_STATUS})
+ACTION_CLOSED = "closed"  # the owner closed the job on chain: look now, not at the next poll
+ACTIONS = frozenset({ACTION_TUNNEL, ACTION_LOGS, ACTION_STATUS, ACTION_CLOSED})
 
 NONCE_SIZE = 32
 MAX_TOKEN_LIFETIME_S = 600  # a token further in the future than this is refused

@@ -57,6 +57,7 @@ DEPLOY_PROTOCOL = deploy_rules.PROTOCOL_ID
 TUNNEL_PROTOCOL = "/kaisar/tunnel/1"
 LOGS_PROTOCOL = "/kaisar/logs/1"
 STATUS_PROTOCOL = "/kaisar/status/1"
+CLOSED_PROTOCOL = "/kaisar/closed/1"
 LOG_FRAME_BYTES = 32 * 1024
 MAX_BUSY_SECONDS = 3600.0
 CHECKER_CACHE_S = 30.0  # how long the provider trusts its copy of the active checker set
@@ -222,6 +223,7 @@ class ProviderService:
         self.host.set_handler(TUNNEL_PROTOCOL, self._on_tunnel)
         self.host.set_handler(LOGS_PROTOCOL, self._on_logs)
         self.host.set_handler(STATUS_PROTOCOL, self._on_status)
+        self.host.set_handler(CLOSED_PROTOCOL, self._on_closed)
         log.info(
             "event=provider_started address=%s slots=%d gpu=%s accepting=%s",
             self.address, len(self.slots), self.gpu_devices, self.accepting,
@@ -746,6 +748,24 @@ class ProviderService:
         await framed.send(
             {"ok": True, "status": self.status_envelope(rec).to_bytes(), "qc_sigs": list(rec.qc_sigs)}
         )
+
+    async def _on_closed(self, framed: FramedStream, peer: ID) -> None:
+        """The owner says it closed the job on chain. The chain decides: the job is read
+        now instead of at the next chain poll (up to ``chain_poll_interval``, 10 s
+        shipped, during which the container ran on and the slot looked taken)."""
+        obj = await framed.recv(max_size=TOKEN_MAX_BYTES, timeout=TOKEN_TIMEOUT)
+        try:
+            token = msg.decode_token(obj, msg.ACTION_CLOSED)
+            rec = self.authorize(token, need_running=False)
+        except AccessDenied as exc:
+            await self._refuse(framed, "closed", peer, exc)
+            return
+        if rec.live and self.chain is not None:
+            reason = await self._chain_end_reason(rec)
+            if reason:
+                await self.end_job(rec.job_id, msg.STOPPED, reason)
+        current = self.state.get_job(rec.job_id) or rec
+        await framed.send({"ok": True, "state": current.state})
 
 
 __all__ = ["FrameError", "ProviderService", "ProviderSettings", "STATE_FILE"]
