@@ -737,13 +737,18 @@ class ProviderService:
             if not self._log_streams[rec.job_id]:
                 del self._log_streams[rec.job_id]
 
-    async def _on_status(self, framed: FramedStream, peer: ID) -> None:
+    async def _owner_request(self, framed: FramedStream, peer: ID, action: str) -> JobRecord | None:
+        """The job of a one-frame owner request (status, closed); None once refused."""
         obj = await framed.recv(max_size=TOKEN_MAX_BYTES, timeout=TOKEN_TIMEOUT)
         try:
-            token = msg.decode_token(obj, msg.ACTION_STATUS)
-            rec = self.authorize(token, need_running=False)
+            return self.authorize(msg.decode_token(obj, action), need_running=False)
         except AccessDenied as exc:
-            await self._refuse(framed, "status", peer, exc)
+            await self._refuse(framed, action, peer, exc)
+            return None
+
+    async def _on_status(self, framed: FramedStream, peer: ID) -> None:
+        rec = await self._owner_request(framed, peer, msg.ACTION_STATUS)
+        if rec is None:
             return
         await framed.send(
             {"ok": True, "status": self.status_envelope(rec).to_bytes(), "qc_sigs": list(rec.qc_sigs)}
@@ -753,12 +758,8 @@ class ProviderService:
         """The owner says it closed the job on chain. The chain decides: the job is read
         now instead of at the next chain poll (up to ``chain_poll_interval``, 10 s
         shipped, during which the container ran on and the slot looked taken)."""
-        obj = await framed.recv(max_size=TOKEN_MAX_BYTES, timeout=TOKEN_TIMEOUT)
-        try:
-            token = msg.decode_token(obj, msg.ACTION_CLOSED)
-            rec = self.authorize(token, need_running=False)
-        except AccessDenied as exc:
-            await self._refuse(framed, "closed", peer, exc)
+        rec = await self._owner_request(framed, peer, msg.ACTION_CLOSED)
+        if rec is None:
             return
         if rec.live and self.chain is not None:
             reason = await self._chain_end_reason(rec)
