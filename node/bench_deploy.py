@@ -8,6 +8,12 @@ of the HTTP answer read from the client's local ``connect`` port, i.e. through c
 quorum, on-chain assignment, deploy command, container start, ``wait_deployed``
 verification and a libp2p tunnel. Each job is closed afterwards (its slot frees).
 
+With ``--net procs`` the network is instead one OS process per node, as operators run
+``kaisar node`` (``node.procnet``: an anvil chain process, 4 checker and 3 provider
+processes with the devnet's timers). Then only the client's steps are marked (the
+nodes' marks are in other processes), and ``cpu_s`` is the CPU time of the node
+processes and this one together.
+
 Floor: the same image started with a plain ``docker run`` (docker SDK, published port on
 127.0.0.1) and a direct TCP connection to that port, polled until the first byte of an
 HTTP answer: what any deployment of this container costs on this machine.
@@ -119,7 +125,10 @@ async def first_byte_through(port: int, job: int) -> tuple[float, bytes]:
 
 
 def engine_marks(s: Any, job: int) -> dict[str, float]:
-    """The assignment engines' proposal and QC times of ``job`` (monotonic seconds)."""
+    """The assignment engines' proposal and QC times of ``job`` (monotonic seconds);
+    none when the checkers are other processes (``s`` is None)."""
+    if s is None:
+        return {}
     offset = time.monotonic() - trio.current_time()
     out: dict[str, float] = {}
     for c in s.checker_services:
@@ -141,8 +150,24 @@ def step_breakdown(t0: float, marks: dict[str, float]) -> tuple[dict[str, int], 
     return {k: at[k] for k in order}, steps
 
 
-async def deploy_once(s: Any, client: Any, emit: Any, rec: trace.Recorder) -> dict[str, Any]:
-    cpu0 = time.process_time()
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) of this process and of ``pids`` (those still running)."""
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+async def deploy_once(
+    s: Any, client: Any, emit: Any, rec: trace.Recorder, pids: list[int] | None = None
+) -> dict[str, Any]:
+    pids = pids or []
+    cpu0 = cpu_seconds(pids)
     t0 = time.monotonic()
     marks: dict[str, float] = {}
     job = await client.buy("cpu", 1, DEMO_HTTP_IMAGE, DEMO_HTTP_PORT, 1.0)
@@ -161,7 +186,7 @@ async def deploy_once(s: Any, client: Any, emit: Any, rec: trace.Recorder) -> di
         with trio.fail_after(30):
             t_first, answer = await first_byte_through(port, job)
         n.cancel_scope.cancel()
-    cpu = time.process_time() - cpu0  # the whole devnet's CPU (all its threads) meanwhile
+    cpu = cpu_seconds(pids) - cpu0  # the whole devnet's CPU (all threads, node processes)
     ok = f"job={job}".encode() in answer
     if not ok:
         raise RuntimeError(f"job {job}: wrong answer through the tunnel: {answer[:200]!r}")
@@ -184,7 +209,7 @@ async def deploy_once(s: Any, client: Any, emit: Any, rec: trace.Recorder) -> di
 
 
 async def run_bench(
-    jobs: int = 5, emit: Any = lambda run: None, chain: str = "embedded"
+    jobs: int = 5, emit: Any = lambda run: None, chain: str = "embedded", net: str = "process"
 ) -> dict[str, Any]:
     from node.roles.provider.engine import ensure_engine
 
@@ -193,7 +218,10 @@ async def run_bench(
     load_before = os.getloadavg()
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="kaisar-bench-deploy-") as tmp:
-        await _deploy_runs(Path(tmp), jobs, emit, runs, chain)
+        if net == "procs":
+            await _deploy_runs_procs(Path(tmp), jobs, emit, runs, docker_host)
+        else:
+            await _deploy_runs(Path(tmp), jobs, emit, runs, chain)
     totals = [r["total_s"] for r in runs]
     med, floor_med = statistics.median(totals), statistics.median(floors)
     names = [k for k in STEP_ORDER if any(k in r["steps_ms"] for r in runs)]
@@ -203,7 +231,8 @@ async def run_bench(
     }
     return {
         "jobs": jobs,
-        "chain": chain,
+        "net": net,
+        "chain": "anvil" if net == "procs" else chain,
         "median_s": round(med, 3),
         "p95_s": round(p95(totals), 3),
         "floor_median_s": round(floor_med, 3),
@@ -235,3 +264,19 @@ async def _deploy_runs(
         with trace.recording() as rec:
             for _ in range(jobs):
                 runs.append(await deploy_once(s, client, emit, rec))
+
+
+async def _deploy_runs_procs(
+    workdir: Path, jobs: int, emit: Any, runs: list[dict[str, Any]], docker_host: str
+) -> None:
+    from node.procnet import open_procnet
+
+    async with open_procnet(
+        workdir, checkers=4, providers=3, docker_host=docker_host, network="bench"
+    ) as net:
+        await net.wait_standing(len(net.providers), timeout=READY_TIMEOUT)
+        pids = [n.proc.pid for n in net.nodes if n.proc is not None]
+        async with net.client(ad_wait=15.0, poll_interval=0.2) as client:
+            with trace.recording() as rec:
+                for _ in range(jobs):
+                    runs.append(await deploy_once(None, client, emit, rec, pids))

@@ -364,6 +364,23 @@ class ProcNet:
                 return line.split("url=", 1)[1].split()[0]
         return None
 
+    async def wait_standing(self, count: int, timeout: float = 180.0) -> None:
+        """Until ``count`` providers hold a PoPW PASS certificate (seen in a checker's log)."""
+        from node.errors import UserError
+
+        with trio.move_on_after(timeout):
+            while True:
+                text = "".join(c.log_text() for c in self.checkers)
+                passed = [
+                    p for p in self.providers
+                    if any("event=popw_qc " in line and f"provider={p.address} verdict=1" in line
+                           for line in text.splitlines())
+                ]  # fmt: skip
+                if len(passed) >= count:
+                    return
+                await trio.sleep(0.5)
+        raise UserError(f"fewer than {count} providers passed PoPW in {timeout:g} s")
+
     @asynccontextmanager
     async def client(self, key: Identity | None = None, **kwargs: Any) -> AsyncIterator[Any]:
         """A light client in this process (own host, same chain), the user's by default.

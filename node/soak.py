@@ -563,7 +563,7 @@ async def run_soak(
     ) as net:  # fmt: skip
         say(f"network up in {time.time() - started:.1f} s: {workdir}")
         soak = Soak(net, settings, say)
-        await _wait_standing(net, max(1, settings.providers // 2))
+        await net.wait_standing(max(1, settings.providers // 2))
         say(f"PoPW standing after {time.time() - started:.1f} s")
         async with net.client() as client:
             await client.fitting_offers("cpu", 1, wait=60)
@@ -579,22 +579,6 @@ async def run_soak(
             if after is not None:
                 await after(net, result)
             return result
-
-
-async def _wait_standing(net: Any, count: int, timeout: float = 180.0) -> None:
-    """Until ``count`` providers hold a PoPW PASS certificate (seen in a checker's log)."""
-    with trio.move_on_after(timeout):
-        while True:
-            text = "".join(c.log_text() for c in net.checkers)
-            passed = [
-                p for p in net.providers
-                if any("event=popw_qc " in line and f"provider={p.address} verdict=1" in line
-                       for line in text.splitlines())
-            ]  # fmt: skip
-            if len(passed) >= count:
-                return
-            await trio.sleep(0.5)
-    raise UserError(f"fewer than {count} providers passed PoPW in {timeout:g} s")
 
 
 def register(sub: Any) -> None:

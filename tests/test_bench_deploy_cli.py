@@ -20,6 +20,8 @@ def exit_code(args: list[str]) -> int:
         (["--jobs", "0"], "--jobs must be at least 1"),
         (["--jobs", "x"], "invalid int value"),
         (["--chain", "ganache"], "invalid choice: 'ganache'"),
+        (["--net", "cluster"], "invalid choice: 'cluster'"),
+        (["--net", "procs", "--chain", "embedded"], "--net procs runs its own anvil chain"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(args, needle, capsys):
