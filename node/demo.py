@@ -104,7 +104,11 @@ async def play(s: Stack, emit: Callable[..., None]) -> dict[str, Any]:
         nursery.cancel_scope.cancel()
 
     closed = await client.close(job)
-    emit("closed", job=job, refund_eth=round(closed.refund / ETHER, 6), provider_paid_eth=round(closed.provider_paid / ETHER, 6))
+    emit(
+        "closed", job=job, refund_eth=round(closed.refund / ETHER, 6),
+        provider_paid_eth=round(closed.provider_paid / ETHER, 6),
+        container=closed.provider_state or "provider not told (its chain poll ends it)",
+    )  # fmt: skip
     return {"ok": ok, "job": job, "time_to_service_s": round(first_byte_s, 3)}
 
 

@@ -37,6 +37,7 @@ def test_devnet_demo_runs_every_seed_step(docker_engine, tmp_path):
     assert by_step["request_through_tunnel"]["ok"] is True
     assert by_step["deployed_verified"]["signed_stake_share"] >= 2 / 3
     assert by_step["closed"]["refund_eth"] > 0
+    assert by_step["closed"]["container"] == "stopped"  # the provider was told of the close
     final = lines[-1]
     assert final["ok"] is True and final["time_to_service_s"] > 0
     # what an outside client needs to join was written
