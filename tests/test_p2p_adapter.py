@@ -237,3 +237,56 @@ async def test_a_topic_subscribed_while_the_hello_is_written_is_lost_upstream(mo
 
     monkeypatch.setattr(adapter.KaisarPubsub, "_handle_new_peer", Pubsub._handle_new_peer)
     assert not await subscribed_during_hello(monkeypatch)
+
+
+async def window_updates_for_small_reads(monkeypatch, messages: int = 200) -> int:
+    """WINDOW_UPDATE frames a reader sends while it reads ``messages`` 200-byte writes
+    one by one (as gossip RPCs and votes arrive)."""
+    import struct
+
+    import libp2p.stream_muxer.yamux.yamux as yamux
+    from libp2p.custom_types import TProtocol
+
+    updates: list[int] = []
+    original = yamux.Yamux._write_frame
+
+    async def record(self, frame: bytes) -> None:
+        _, kind, _, sid, _ = struct.unpack(yamux.YAMUX_HEADER_FORMAT, frame[: yamux.HEADER_SIZE])
+        if kind == yamux.TYPE_WINDOW_UPDATE:
+            updates.append(sid)
+        await original(self, frame)
+
+    monkeypatch.setattr(yamux.Yamux, "_write_frame", record)
+    async with start_network(2) as (a, b):
+        done, sids = trio.Event(), []
+
+        async def reader(stream) -> None:
+            sids.append(stream.muxed_stream.stream_id)
+            for _ in range(messages):
+                assert len(await stream.read(200)) == 200
+            done.set()
+
+        a.host.set_stream_handler(TProtocol("/kaisar/test-reads/1"), reader)
+        stream = await b.host.new_stream(a.peer_id, [TProtocol("/kaisar/test-reads/1")])
+        for _ in range(messages):
+            await stream.write(b"\1" * 200)
+            await trio.sleep(0)  # one frame at a time, as messages trickle in
+        with trio.fail_after(30):
+            await done.wait()
+    return sum(1 for s in updates if s in sids)
+
+
+async def test_small_reads_do_not_each_send_a_window_update(monkeypatch):
+    # 40 KB read, under half the 256 KiB window: only upstream's own window grows remain
+    # (2 here), not one update per read
+    assert await window_updates_for_small_reads(monkeypatch) <= 2
+
+
+async def test_small_reads_each_send_a_window_update_upstream(upstream, monkeypatch):
+    assert await window_updates_for_small_reads(monkeypatch) >= 100
+
+
+async def test_a_stream_far_larger_than_the_window_still_flows(monkeypatch):
+    # the credit comes back at half the window: 1 MiB data frames of test 5 still pass
+    sizes = await data_frame_sizes(monkeypatch)
+    assert sum(sizes) == 1 << 20

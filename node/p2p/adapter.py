@@ -157,6 +157,15 @@ covered by a test in tests/test_p2p_adapter.py that fails without it.
    ``KaisarPubsub`` announces, once the peer is registered, every subscription change
    made since the hello was prepared (test: tests/test_p2p_adapter.py,
    ``test_a_topic_subscribed_while_the_hello_is_written_reaches_the_peer``).
+22. A yamux WINDOW_UPDATE for every read. ``YamuxStream._auto_tune_and_send_window_update``
+   gives back the credit of every read as soon as any is outstanding (its "partial
+   slack" branch, and ``PY_YAMUX_RELEASE_ON_READ``): each gossip RPC, vote or status
+   read costs the reader one more frame (a Noise encryption and a socket write). A
+   py-spy profile of ``kaisar bench deploy`` (main thread, jobs phase) spent 18 % of its
+   samples in socket sends, most of them these updates. Credit now goes back once half
+   the receive window is used (the go-yamux rule; upstream's own grow branch then
+   restores the whole window): a sender never stalls, it still holds the other half
+   (test: tests/test_p2p_adapter.py, ``test_small_reads_do_not_each_send_a_window_update``).
 """
 
 from __future__ import annotations
@@ -216,9 +225,23 @@ _YAMUX_TRIO = _YamuxTrio("trio")
 _YAMUX_UPSTREAM_FRAME = _yamux.MAX_MESSAGE_SIZE
 
 
+_UPSTREAM_WINDOW_UPDATE = _yamux.YamuxStream._auto_tune_and_send_window_update
+
+
+async def _window_update_at_half(self, *, bytes_read: int = 0) -> None:
+    """Item 22: no WINDOW_UPDATE while less than half the receive window is used."""
+    if bytes_read > 0:
+        buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+        used = self.target_recv_window - (self.recv_window + buffered)
+        if 0 < used < self._grow_threshold():
+            return  # given back with the rest once half the window is used
+    await _UPSTREAM_WINDOW_UPDATE(self, bytes_read=bytes_read)
+
+
 def apply() -> None:
     """Install the module-level workarounds (idempotent)."""
     global _applied
+    _yamux.YamuxStream._auto_tune_and_send_window_update = _window_update_at_half  # type: ignore[method-assign]
     _swarm._HAPPY_EYEBALLS_DELAY = DIAL_DELAY
     _pubsub.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_CHANNEL_SIZE
     _pubsub.RpcQueue = LargeRpcQueue  # type: ignore[misc,assignment]
@@ -244,6 +267,7 @@ def is_applied() -> bool:
         and _pubsub.RpcQueue is LargeRpcQueue
         and _yamux.MAX_MESSAGE_SIZE == YAMUX_MAX_FRAME
         and _yamux.trio is _YAMUX_TRIO
+        and _yamux.YamuxStream._auto_tune_and_send_window_update is _window_update_at_half
     )
 
 
@@ -254,6 +278,7 @@ def revert_for_tests() -> None:
     _pubsub.RpcQueue = _RpcQueue  # type: ignore[misc]
     _yamux.MAX_MESSAGE_SIZE = _YAMUX_UPSTREAM_FRAME
     _yamux.trio = trio  # type: ignore[attr-defined]
+    _yamux.YamuxStream._auto_tune_and_send_window_update = _UPSTREAM_WINDOW_UPDATE  # type: ignore[method-assign]
 
 
 def is_teardown_race(exc: BaseException) -> bool:
