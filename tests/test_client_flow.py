@@ -299,6 +299,12 @@ async def test_provider_pushes_the_deployment_to_the_waiting_owner(world, contai
                 await certify(world, client.host, job, phost.peer_id)
             dep = got[0]
             assert dep.provider == world.providers[0].address and dep.state == "deployed"
+            assert client.last_status_source == "push"
+            # the provider counts the push once its stream has closed, which can be just
+            # after the client took the frame and returned
+            with trio.fail_after(5):
+                while svc.owner_notified < 1:
+                    await trio.sleep(0.02)
             assert svc.owner_notified == 1
             nursery.cancel_scope.cancel()
 
