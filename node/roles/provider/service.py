@@ -601,11 +601,8 @@ class ProviderService:
             if now >= rec.expires:
                 await self.end_job(rec.job_id, msg.STOPPED, "expired")
                 continue
-            if poll_chain:
-                reason = await self._chain_end_reason(rec)
-                if reason:
-                    await self.end_job(rec.job_id, msg.STOPPED, reason)
-                    continue
+            if poll_chain and await self._stop_if_ended_on_chain(rec):
+                continue
             info = await self.runtime.status(rec.job_id) if self.runtime else None
             if info is None or not info.running:
                 why = "container gone" if info is None else f"container {info.state} (exit {info.exit_code})"
@@ -631,6 +628,13 @@ class ProviderService:
             current = self.state.get_job(rec.job_id)
             if current is not None and current.state == "deploying":
                 await self._finish_deploy(current)
+
+    async def _stop_if_ended_on_chain(self, rec: JobRecord) -> bool:
+        """Stop the job if the chain says it ended (closed, reassigned, expired)."""
+        reason = await self._chain_end_reason(rec)
+        if reason:
+            await self.end_job(rec.job_id, msg.STOPPED, reason)
+        return bool(reason)
 
     async def _chain_end_reason(self, rec: JobRecord) -> str:
         assert self.chain is not None
@@ -762,9 +766,7 @@ class ProviderService:
         if rec is None:
             return
         if rec.live and self.chain is not None:
-            reason = await self._chain_end_reason(rec)
-            if reason:
-                await self.end_job(rec.job_id, msg.STOPPED, reason)
+            await self._stop_if_ended_on_chain(rec)
         current = self.state.get_job(rec.job_id) or rec
         await framed.send({"ok": True, "state": current.state})
 
