@@ -85,23 +85,30 @@ def test_gossipsub_params_are_explicit():
     assert kw["max_messages_per_topic_per_second"] > 100
 
 
-async def data_frame_sizes(monkeypatch) -> list[int]:
-    """Payload sizes of the yamux DATA frames that carry one 1 MiB stream write."""
+def record_yamux_frames(monkeypatch) -> list[tuple[int, int, int]]:
+    """(type, stream id, length) of every yamux frame written from now on."""
     import struct
 
     import libp2p.stream_muxer.yamux.yamux as yamux
-    from libp2p.custom_types import TProtocol
 
-    frames: list[tuple[int, int]] = []  # (stream id, payload size)
+    frames: list[tuple[int, int, int]] = []
     original = yamux.Yamux._write_frame
 
     async def record(self, frame: bytes) -> None:
         _, kind, _, sid, length = struct.unpack(yamux.YAMUX_HEADER_FORMAT, frame[: yamux.HEADER_SIZE])
-        if kind == yamux.TYPE_DATA and length:
-            frames.append((sid, length))
+        frames.append((kind, sid, length))
         await original(self, frame)
 
     monkeypatch.setattr(yamux.Yamux, "_write_frame", record)
+    return frames
+
+
+async def data_frame_sizes(monkeypatch) -> list[int]:
+    """Payload sizes of the yamux DATA frames that carry one 1 MiB stream write."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.stream_muxer.yamux.yamux import TYPE_DATA
+
+    frames = record_yamux_frames(monkeypatch)
     async with start_network(2) as (a, b):
         done = trio.Event()
 
@@ -120,7 +127,7 @@ async def data_frame_sizes(monkeypatch) -> list[int]:
     # only this stream's frames: gossip shares the connection (a heartbeat's frames made
     # the sum 228 bytes too large on a loaded machine)
     sid = stream.muxed_stream.stream_id
-    return [size for s, size in frames if s == sid]
+    return [size for kind, s, size in frames if kind == TYPE_DATA and size and s == sid]
 
 
 async def test_stream_frames_fill_the_peer_window(monkeypatch):
@@ -242,21 +249,10 @@ async def test_a_topic_subscribed_while_the_hello_is_written_is_lost_upstream(mo
 async def window_updates_for_small_reads(monkeypatch, messages: int = 200) -> int:
     """WINDOW_UPDATE frames a reader sends while it reads ``messages`` 200-byte writes
     one by one (as gossip RPCs and votes arrive)."""
-    import struct
-
-    import libp2p.stream_muxer.yamux.yamux as yamux
     from libp2p.custom_types import TProtocol
+    from libp2p.stream_muxer.yamux.yamux import TYPE_WINDOW_UPDATE
 
-    updates: list[int] = []
-    original = yamux.Yamux._write_frame
-
-    async def record(self, frame: bytes) -> None:
-        _, kind, _, sid, _ = struct.unpack(yamux.YAMUX_HEADER_FORMAT, frame[: yamux.HEADER_SIZE])
-        if kind == yamux.TYPE_WINDOW_UPDATE:
-            updates.append(sid)
-        await original(self, frame)
-
-    monkeypatch.setattr(yamux.Yamux, "_write_frame", record)
+    frames = record_yamux_frames(monkeypatch)
     async with start_network(2) as (a, b):
         done, sids = trio.Event(), []
 
@@ -273,7 +269,7 @@ async def window_updates_for_small_reads(monkeypatch, messages: int = 200) -> in
             await trio.sleep(0)  # one frame at a time, as messages trickle in
         with trio.fail_after(30):
             await done.wait()
-    return sum(1 for s in updates if s in sids)
+    return sum(1 for kind, s, _ in frames if kind == TYPE_WINDOW_UPDATE and s in sids)
 
 
 async def test_small_reads_do_not_each_send_a_window_update(monkeypatch):
